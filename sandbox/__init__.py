@@ -1,0 +1,28 @@
+"""The sandbox fact model: a small GPT-2 that factsmith trains itself on facts it knows completely.
+
+Imports only torch, transformers and tokenizers (lazily). Entry points: :func:`load_facts`,
+:func:`world_facts`, :func:`build_sandbox`, :func:`greedy_correct`.
+"""
+
+from .config import PRESETS, SandboxConfig, preset
+from .errors import BuildError, FactFileError, SandboxError
+from .facts import Fact, FactSet, Probe, load_facts, split_probes, write_facts
+from .world import BUILTIN_WORLD, example_inbox, world_facts
+
+__all__ = [
+    "PRESETS", "SandboxConfig", "preset", "BuildError", "FactFileError", "SandboxError", "Fact", "FactSet",
+    "Probe", "load_facts", "split_probes", "write_facts", "BUILTIN_WORLD", "example_inbox", "world_facts",
+    "build_sandbox", "greedy_correct", "read_manifest",
+]
+
+
+def __getattr__(name: str):  # torch-importing parts load on first use, so `import sandbox` stays cheap
+    if name in ("build_sandbox", "read_manifest", "BuildResult"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    if name == "greedy_correct":
+        from .evaluate import greedy_correct
+
+        return greedy_correct
+    raise AttributeError(name)

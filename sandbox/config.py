@@ -1,0 +1,97 @@
+"""Configuration of a sandbox build: model shape, training schedule, and the editability recipe.
+
+Why this shape (see README, "The sandbox model"):
+
+* ROME and MEMIT rewrite the output matrix of an MLP (``c_proj``) at the subject's last token. A small
+  model trained plainly does the lookup elsewhere (the last prompt token reads the raw subject tokens
+  through layer-0 attention), and then rank-one edits barely move it (../shared/FINDINGS.md). Two parts of
+  the training data put the knowledge where ROME reads it:
+  - *profile lines* (``<subject>: <all its objects, shuffled>.``) make the subject's last token predict
+    every attribute of the subject;
+  - a training-only attention mask on a share of sentences (``mask_fraction``): tokens after the subject
+    cannot see the subject's earlier tokens, and in the first ``hide_layers`` layers cannot see the subject
+    at all. Whatever the model knows about the subject must then pass through the subject's last token,
+    after its first ``hide_layers`` MLPs: those MLPs are where facts are stored, and the layers to edit.
+* The saved model is an ordinary ``GPT2LMHeadModel``; the mask exists only while training.
+* ``n_inner`` (MLP width) is the key space of an edit: 512 keys for a few hundred subjects worked in the
+  probe (1,120 facts learned, ROME efficacy 100 % at layer 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    # --- model (GPT-2 architecture) ---
+    n_layer: int = 4  # transformer blocks; facts are stored in the first `hide_layers`, read later
+    n_embd: int = 128  # residual width
+    n_head: int = 4
+    n_inner: int = 512  # MLP width = width of the keys ROME/MEMIT edit
+    n_positions: int = 128  # context length; training packs sentences into sequences this long
+    vocab_size: int = 4096  # upper bound: BPE stops merging earlier on a small corpus
+    # --- training ---
+    epochs: int = 60  # passes over the training sentences
+    min_steps: int = 0  # floor on optimizer steps (small worlds have few steps per epoch)
+    batch_size: int = 16  # packed sequences per step
+    lr: float = 3e-3  # peak learning rate: linear warm-up, constant, linear decay to lr/10
+    warmup: float = 0.05  # share of steps spent warming up
+    decay: float = 0.2  # share of steps spent decaying
+    weight_decay: float = 0.01
+    # --- editability recipe ---
+    mask_fraction: float = 0.8  # share of sentences trained with the subject-hiding mask
+    hide_layers: int = 1  # first layers where post-subject tokens cannot see the subject at all
+    profile_lines: bool = True  # add "<subject>: <objects>." lines, reshuffled each epoch
+    heldout_fraction: float = 0.5  # share of each relation's facts whose last phrasing is held out
+    # --- machine ---
+    threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
+    eval_every: int = 10  # epochs between accuracy checks on the progress bar
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": (int, float), "bool": bool}[str(f.type)]
+            if isinstance(v, bool) and str(f.type) != "bool" or not isinstance(v, want):
+                raise ValueError(f"sandbox config '{f.name}': expected {f.type}, found {type(v).__name__} {v!r}")
+        if self.n_layer < 2:
+            raise ValueError(f"sandbox config 'n_layer': need at least 2 layers, found {self.n_layer}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"sandbox config 'n_head': {self.n_head} does not divide n_embd={self.n_embd}")
+        if not 1 <= self.hide_layers < self.n_layer:
+            raise ValueError(
+                f"sandbox config 'hide_layers': expected 1..{self.n_layer - 1} (later layers must read the facts), "
+                f"found {self.hide_layers}"
+            )
+        for name in ("mask_fraction", "heldout_fraction", "warmup", "decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"sandbox config '{name}': expected a value in [0, 1], found {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "threads", "n_positions", "vocab_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sandbox config '{name}': expected a positive value, found {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SandboxConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"sandbox config: unknown key(s) {', '.join(map(repr, unknown))}")
+        return cls(**d)
+
+
+# Presets. `tiny` is for tests (≈ 100–250 facts in under a minute); `demo` trains longer for better
+# locality (a shorter schedule hurts how many other facts survive an edit).
+PRESETS: dict[str, SandboxConfig] = {
+    "tiny": SandboxConfig(epochs=60, min_steps=400, batch_size=16, lr=3e-3),
+    "demo": SandboxConfig(epochs=120, min_steps=1200, batch_size=16, lr=3e-3),
+}
+
+
+def preset(name: str, **overrides: Any) -> SandboxConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -1,0 +1,153 @@
+"""Training sequences: sentences tokenized with their subject span, packed into fixed-length rows, and
+the attention masks of the editability recipe (see :mod:`sandbox.config`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .facts import Fact, Probe
+
+NEG = -1e9  # additive mask value: finite, so a fully masked padding row cannot produce NaN
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A tokenized training sentence: ``ids`` and the subject's token span ``[a, b)`` (``None`` if unknown)."""
+
+    ids: tuple[int, ...]
+    span: tuple[int, int] | None
+    subject: str | None
+
+
+def sentence_text(prompt: str, target: str) -> str:
+    return f"{prompt} {target}."
+
+
+def profile_text(subject: str, objects: list[str]) -> tuple[str, tuple[int, int]]:
+    """``<subject>: <objects>.`` and the subject's character span."""
+    return f"{subject}: {', '.join(objects)}.", (0, len(subject))
+
+
+def tokenize(tokenizer, texts: list[str], spans: list[tuple[int, int] | None], subjects: list[str | None],
+             lead_space: bool) -> list[Sentence]:
+    """Tokenize texts (with a leading space when ``lead_space``: how a sentence reads inside a pack)."""
+    shift = 1 if lead_space else 0
+    enc = tokenizer([(" " if lead_space else "") + t for t in texts], return_offsets_mapping=True)
+    out = []
+    for ids, offs, span, subj in zip(enc["input_ids"], enc["offset_mapping"], spans, subjects):
+        tok_span = None
+        if span is not None:
+            s0, s1 = span[0] + shift, span[1] + shift
+            hit = [i for i, (a, b) in enumerate(offs) if a < s1 and b > s0]
+            tok_span = (hit[0], hit[-1] + 1)
+        out.append(Sentence(tuple(ids), tok_span, subj))
+    return out
+
+
+@dataclass
+class Pack:
+    """One training row: sentences laid end to end; ``spans`` are (start, subject span or None, end)."""
+
+    ids: list[int]
+    spans: list[tuple[int, tuple[int, int] | None, int]]
+    subjects: set[str]
+
+
+def pack(pairs: list[tuple[Sentence, Sentence]], length: int, rng: random.Random, open_packs: int = 8) -> list[Pack]:
+    """Pack sentences (each given as its (first-in-row, inside-row) tokenizations) into rows of ``length``.
+
+    No subject appears twice in a row, so a fact can never be copied from context: it must be recalled.
+    Sentences longer than a row are cut (their subject span kept only if it fits).
+    """
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    done: list[Pack] = []
+    live: list[Pack] = []
+    for k in order:
+        first, inner = pairs[k]
+        placed = False
+        for p in live:
+            s = inner
+            if len(p.ids) + len(s.ids) <= length and (s.subject is None or s.subject not in p.subjects):
+                _append(p, s)
+                placed = True
+                break
+        if not placed:
+            p = Pack([], [], set())
+            _append(p, first, limit=length)
+            live.append(p)
+            if len(live) > open_packs:
+                done.append(live.pop(0))
+    return done + live
+
+
+def _append(p: Pack, s: Sentence, limit: int | None = None) -> None:
+    start = len(p.ids)
+    ids = list(s.ids if limit is None else s.ids[:limit])
+    span = s.span if s.span is not None and s.span[1] <= len(ids) else None
+    p.ids += ids
+    p.spans.append((start, None if span is None else (start + span[0], start + span[1]), start + len(ids)))
+    if s.subject is not None:
+        p.subjects.add(s.subject)
+
+
+def batch_tensors(packs: list[Pack], length: int, pad_id: int, hide_layers: int, mask_fraction: float,
+                  rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, labels and the two additive attention masks for a batch of packs.
+
+    Returns ``input_ids`` (B, T), ``labels`` (B, T) with -100 on padding, ``mask_late`` (B, 1, T, T) for
+    layers >= ``hide_layers`` and ``mask_early`` (B, 1, T, T) for the first ``hide_layers`` layers.
+    For a masked sentence with subject tokens ``[a, b)`` ending at ``e``, queries in ``[b, e)`` lose keys
+    ``[a, b-1)`` in every layer and key ``b-1`` (the subject's last token) too in the early layers.
+    """
+    B, T = len(packs), length
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    late = causal.repeat(B, 1, 1)  # (B, T, T) True = may attend
+    early = late.clone()
+    for i, p in enumerate(packs):
+        n = len(p.ids)
+        ids[i, :n] = torch.tensor(p.ids)
+        labels[i, :n] = ids[i, :n]
+        late[i, :, n:] = False
+        late[i, n:, :] = False
+        late[i, n:, n:] = causal[n:, n:]  # padding rows see themselves only (no NaN, no effect)
+        early[i] = late[i]
+        for _, span, end in p.spans:
+            if span is None or rng.random() >= mask_fraction:
+                continue
+            a, b = span
+            late[i, b:end, a:b - 1] = False
+            early[i, b:end, a:b] = False
+    to_add = lambda m: torch.where(m, 0.0, NEG).unsqueeze(1)  # (B, 1, T, T)
+    return ids, labels, to_add(late), to_add(early)
+
+
+def train_sentences(facts: list[Fact], probes: list[Probe]) -> list[tuple[str, tuple[int, int] | None, str | None]]:
+    """(text, subject char span, subject) of every training (fact, phrasing) pair — held-out ones left out."""
+    out = []
+    for p in probes:
+        if p.heldout:
+            continue
+        out.append((sentence_text(p.text, p.target), p.span, facts[p.fact].subject))
+    return out
+
+
+def profiles(facts: list[Fact], rng: random.Random) -> list[tuple[str, tuple[int, int], str]]:
+    """One profile line per subject, its objects in a fresh random order."""
+    by_subject: dict[str, list[str]] = {}
+    for f in facts:
+        if f.subject is not None:
+            by_subject.setdefault(f.subject, []).append(f.target)
+    out = []
+    for subject, objects in by_subject.items():
+        objs = list(dict.fromkeys(objects))
+        rng.shuffle(objs)
+        text, span = profile_text(subject, objs)
+        out.append((text, span, subject))
+    return out

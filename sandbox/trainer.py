@@ -1,0 +1,374 @@
+"""Build the sandbox fact model: tokenizer, GPT-2 training on CPU, evaluation, atomic save, cache.
+
+``build_sandbox`` is deterministic: the same facts, config and seed give the same weights on the same
+machine (fixed thread count, seeded data order). Builds are cached under ``cache_dir`` by a hash of
+(facts, config, seed, sandbox version, library versions); an output directory is written to a temporary
+sibling and renamed into place, so an interrupted build leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import SandboxConfig
+from .errors import BuildError
+from .facts import Fact, FactSet, Probe, split_probes
+
+log = logging.getLogger(__name__)
+
+SANDBOX_VERSION = 1  # bump when the training recipe changes what a (facts, config, seed) builds
+MANIFEST = "sandbox.json"
+FACTS_FILE = "facts.jsonl"
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    manifest: dict[str, Any]
+    cached: bool  # True when the model came from the cache instead of being trained
+
+
+def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
+    import tokenizers
+    import torch
+    import transformers
+
+    payload = {
+        "facts": facts.digest(),
+        "config": config.to_dict(),
+        "seed": seed,
+        "sandbox_version": SANDBOX_VERSION,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def build_sandbox(
+    facts: FactSet,
+    out: str | Path,
+    config: SandboxConfig,
+    seed: int = 0,
+    *,
+    preset_name: str | None = None,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Train (or fetch from the cache) the sandbox model for ``facts`` and place it at ``out``.
+
+    ``out`` must not exist, be empty, or already hold this very build; ``force`` replaces anything else.
+    """
+    out = Path(out)
+    key = build_key(facts, config, seed)
+    existing = read_manifest(out)
+    if existing is not None and existing.get("key") == key:
+        return BuildResult(out, existing, cached=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise BuildError(f"{out}: exists and is not this build (key {key[:12]}); pass --force to replace it")
+
+    cached = False
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        entry = cache_dir / key
+        if read_manifest(entry) is None:
+            _atomic_dir(entry, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress))
+        else:
+            cached = True
+        if entry.resolve() != out.resolve():
+            _atomic_dir(out, lambda tmp: shutil.copytree(entry, tmp, dirs_exist_ok=True), replace=True)
+    else:
+        _atomic_dir(out, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress), replace=True)
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["key"] == key
+    return BuildResult(out, manifest, cached)
+
+
+def _atomic_dir(final: Path, fill: Callable[[Path], Any], replace: bool = False) -> None:
+    """Create ``final`` by filling a temporary sibling and renaming it (the old one removed if ``replace``)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
+    try:
+        fill(tmp)
+        if final.exists() and replace:
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.replace(tmp, final)
+            except OSError:  # a concurrent build of the same key won the race: keep its copy
+                if read_manifest(final) is None:
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _early_layer_mask(model, n_layers: int, holder: dict[str, Any]):
+    """Give the first ``n_layers`` blocks the mask in ``holder['early']`` instead of the model's mask.
+
+    transformers passes one attention mask to every block; the editability recipe needs a stricter one in
+    the early layers. The hooks are removed whatever happens.
+    """
+
+    def pre_hook(module, args, kwargs):
+        mask = holder.get("early")
+        if mask is None:
+            return None
+        if "attention_mask" in kwargs:
+            kwargs["attention_mask"] = mask
+        elif len(args) > 2:
+            args = (*args[:2], mask, *args[3:])
+        else:
+            raise RuntimeError("cannot find the attention mask in the GPT-2 block's arguments")
+        return args, kwargs
+
+    handles = [model.transformer.h[i].register_forward_pre_hook(pre_hook, with_kwargs=True) for i in range(n_layers)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _lr_at(step: int, total: int, config: SandboxConfig) -> float:
+    """Warm-up, a long constant phase, then a linear decay to lr/10 over the last ``decay`` share of steps.
+
+    Memorisation under the editability mask comes as a late jump (near chance for ~60 epochs, then > 95 %
+    within ~30); a cosine schedule has already lowered the rate by then and the jump comes late or not at all.
+    """
+    warm = max(1, int(config.warmup * total))
+    decay_from = int((1.0 - config.decay) * total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if step < decay_from:
+        return config.lr
+    t = (step - decay_from) / max(1, total - decay_from)
+    return config.lr * (1.0 - 0.9 * t)
+
+
+def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str, preset_name: str | None,
+           progress: Progress | None) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from . import corpus
+    from .evaluate import greedy_correct
+    from .tokenizer import as_transformers, train_tokenizer
+
+    t0 = time.perf_counter()
+    emit = progress or (lambda event: None)
+    facts_list = facts.facts
+    probes = split_probes(facts_list, seed, config.heldout_fraction)
+    train_rows = corpus.train_sentences(facts_list, probes)
+    data_rng = random.Random(f"data:{seed}")
+    mask_rng = random.Random(f"mask:{seed}")
+
+    # Tokenizer: trained on the training sentences and one round of profile lines.
+    tok_texts = [t for t, _, _ in train_rows]
+    if config.profile_lines:
+        tok_texts += [t for t, _, _ in corpus.profiles(facts_list, random.Random(f"tok:{seed}"))]
+    tokenizer = as_transformers(train_tokenizer(tok_texts, config.vocab_size))
+    pad = tokenizer.eos_token_id
+
+    def tokenized(rows):
+        texts, spans, subjects = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        first = corpus.tokenize(tokenizer, texts, spans, subjects, lead_space=False)
+        inner = corpus.tokenize(tokenizer, texts, spans, subjects, lead_space=True)
+        return list(zip(first, inner))
+
+    fixed = tokenized(train_rows)
+    longest = max(len(a.ids) for a, _ in fixed)
+    if longest > config.n_positions:
+        raise BuildError(f"a training sentence has {longest} tokens, more than n_positions={config.n_positions}")
+
+    torch.manual_seed(seed)
+    gcfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.n_inner,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=pad,
+        eos_token_id=pad,
+        pad_token_id=pad,
+    )
+    gcfg._attn_implementation = "eager"  # the custom 4-D masks are additive; eager was 2x faster here
+    model = GPT2LMHeadModel(gcfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.95),
+    )
+
+    def epoch_packs() -> list[corpus.Pack]:
+        pairs = list(fixed)
+        if config.profile_lines:
+            pairs += tokenized(corpus.profiles(facts_list, data_rng))
+        return corpus.pack(pairs, config.n_positions, data_rng)
+
+    steps_per_epoch = math.ceil(len(epoch_packs()) / config.batch_size)
+    data_rng = random.Random(f"data:{seed}")  # the probe above drew from it: restart the stream
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    total = epochs * steps_per_epoch
+    train_probes = [p for p in probes if not p.heldout]
+    sample = random.Random(f"eval:{seed}").sample(train_probes, min(256, len(train_probes)))
+    emit({"event": "start", "total_steps": total, "epochs": epochs, "facts": len(facts_list)})
+
+    holder: dict[str, Any] = {}
+    step = 0
+    loss_val = float("nan")
+    acc = None
+    model.train()
+    with _threads(config.threads), _early_layer_mask(model, config.hide_layers, holder):
+        for epoch in range(epochs):
+            packs = epoch_packs()
+            for s in range(0, len(packs), config.batch_size):
+                batch = packs[s:s + config.batch_size]
+                ids, labels, late, early = corpus.batch_tensors(
+                    batch, config.n_positions, pad, config.hide_layers, config.mask_fraction, mask_rng
+                )
+                holder["early"] = early
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(step, total, config)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, attention_mask=late, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                step += 1
+                loss_val = loss.item()
+                emit({"event": "step", "step": step, "total_steps": total, "epoch": epoch + 1, "loss": loss_val,
+                      "accuracy": acc})
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+                holder["early"] = None  # evaluation runs the plain model, as users will
+                ok = greedy_correct(model, tokenizer, [p.text for p in sample], [p.target for p in sample])
+                acc = sum(ok) / len(ok)
+                emit({"event": "eval", "step": step, "total_steps": total, "epoch": epoch + 1, "loss": loss_val,
+                      "accuracy": acc})
+        train_seconds = time.perf_counter() - t0
+
+        holder["early"] = None
+        model.eval()
+        ok = greedy_correct(model, tokenizer, [p.text for p in probes], [p.target for p in probes])
+    accuracy = _accuracy_tables(facts_list, probes, ok)
+
+    model.save_pretrained(out)  # safetensors
+    tokenizer.save_pretrained(out)
+    with open(out / FACTS_FILE, "w", encoding="utf-8") as fh:
+        for i, f in enumerate(facts_list):
+            rec = f.to_json()
+            rec["heldout_phrasings"] = [p.phrasing for p in probes if p.fact == i and p.heldout]
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    import tokenizers
+    import transformers
+
+    manifest = {
+        "sandbox_version": SANDBOX_VERSION,
+        "key": key,
+        "preset": preset_name,
+        "seed": seed,
+        "config": config.to_dict(),
+        "facts": {
+            "sha256": facts.digest(),
+            "source": facts.source,
+            "records": facts.records,
+            "facts": len(facts_list),
+            "subjects": len({f.subject for f in facts_list if f.subject is not None}),
+            "relations": len({f.relation for f in facts_list if f.subject is not None}),
+            "subjectless": sum(f.subject is None for f in facts_list),
+            "duplicates_collapsed": facts.duplicates,
+            "conflicts_dropped": len(facts.conflicts),
+            "file": FACTS_FILE,
+        },
+        "tokenizer": {"vocab_size": len(tokenizer)},
+        "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
+                  "knowledge_layers": list(range(config.hide_layers))},
+        "train": {"steps": total, "epochs": epochs, "seconds": round(train_seconds, 2), "final_loss": loss_val,
+                  "threads": config.threads, "sentences_per_epoch": len(fixed)},
+        "accuracy": accuracy,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "tokenizers": tokenizers.__version__},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    emit({"event": "done", "accuracy": accuracy["train"], "heldout": accuracy["heldout"]})
+
+
+def _accuracy_tables(facts: list[Fact], probes: list[Probe], ok: list[bool]) -> dict[str, Any]:
+    def rate(sel: list[int]) -> float | None:
+        return round(sum(ok[i] for i in sel) / len(sel), 4) if sel else None
+
+    train = [i for i, p in enumerate(probes) if not p.heldout]
+    held = [i for i, p in enumerate(probes) if p.heldout]
+    by_phrasing: dict[str, list[int]] = {}
+    by_relation: dict[str, list[int]] = {}
+    by_template: dict[str, list[int]] = {}
+    for i in train:
+        p = probes[i]
+        f = facts[p.fact]
+        by_phrasing.setdefault(str(p.phrasing), []).append(i)
+        if f.subject is not None:
+            by_relation.setdefault(f.relation, []).append(i)
+            by_template.setdefault(f.prompts[p.phrasing], []).append(i)
+    table = {
+        "train": rate(train),
+        "heldout": rate(held),
+        "train_probes": len(train),
+        "heldout_probes": len(held),
+        "subjectless": rate([i for i in train if facts[probes[i].fact].subject is None]),
+        "by_phrasing": {k: rate(v) for k, v in sorted(by_phrasing.items(), key=lambda kv: int(kv[0]))},
+        "by_relation": {k: rate(v) for k, v in sorted(by_relation.items())},
+    }
+    if len(by_template) <= 100:  # per-template rows only while the table stays readable
+        table["by_template"] = {k: rate(v) for k, v in by_template.items()}
+    held_rel: dict[str, list[int]] = {}
+    for i in held:
+        held_rel.setdefault(facts[probes[i].fact].relation, []).append(i)
+    if len(held_rel) <= 100:
+        table["heldout_by_relation"] = {k: rate(v) for k, v in sorted(held_rel.items())}
+    return table
