@@ -38,12 +38,12 @@ class SandboxConfig:
     batch_size: int = 16  # packed sequences per step
     lr: float = 3e-3  # peak learning rate: linear warm-up, constant, linear decay to lr/10
     warmup: float = 0.05  # share of steps spent warming up
-    decay: float = 0.2  # share of steps spent decaying
+    decay: float = 0.3  # share of steps spent decaying
     weight_decay: float = 0.01
     # --- editability recipe ---
     mask_fraction: float = 0.8  # share of sentences trained with the subject-hiding mask
     hide_layers: int = 1  # first layers where post-subject tokens cannot see the subject at all
-    profile_lines: bool = True  # add "<subject>: <objects>." lines, reshuffled each epoch
+    profile_lines: int = 6  # "<subject>: <objects>." lines per subject and epoch, reshuffled each time
     heldout_fraction: float = 0.5  # share of each relation's facts whose last phrasing is held out
     # --- machine ---
     threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
@@ -86,8 +86,8 @@ class SandboxConfig:
 # Presets. `tiny` is for tests (≈ 100–250 facts in under a minute); `demo` trains longer for better
 # locality (a shorter schedule hurts how many other facts survive an edit).
 PRESETS: dict[str, SandboxConfig] = {
-    "tiny": SandboxConfig(epochs=60, min_steps=400, batch_size=16, lr=3e-3),
-    "demo": SandboxConfig(epochs=120, min_steps=1200, batch_size=16, lr=3e-3),
+    "tiny": SandboxConfig(epochs=90, min_steps=450),
+    "demo": SandboxConfig(epochs=120, min_steps=1000),
 }
 
 

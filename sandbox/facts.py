@@ -126,7 +126,7 @@ class _Row:
             return None
         if not isinstance(v, str):
             raise self.error(name, f"expected a string, found {type(v).__name__}")
-        v = v.strip()
+        v = " ".join(v.split()) if any(c in v for c in "\t\n\r") else v.strip()  # CounterFact has newlines
         if not v:
             raise self.error(name, "empty")
         if len(v) > MAX_FIELD_CHARS:
@@ -282,10 +282,10 @@ def load_facts(path: str | Path, limit: int | None = None) -> FactSet:
     facts: list[Fact] = []
     records = 0
     for line, data in _records(path):
-        if limit is not None and records >= limit:
-            break
         records += 1
         facts += _facts_of(_Row(path, line, data))
+        if limit is not None and records >= limit:
+            break  # lines past the limit are never parsed
     if not facts:
         raise FactFileError(str(path), "holds no facts (no record with a true target)")
     return dedupe(facts, source=str(path), records=records)

@@ -246,7 +246,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
 
     def epoch_packs() -> list[corpus.Pack]:
         pairs = list(fixed)
-        if config.profile_lines:
+        for _ in range(config.profile_lines):
             pairs += tokenized(corpus.profiles(facts_list, data_rng))
         return corpus.pack(pairs, config.n_positions, data_rng)
 
@@ -264,9 +264,13 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     acc = None
     model.train()
     with _threads(config.threads), _early_layer_mask(model, config.hide_layers, holder):
-        for epoch in range(epochs):
+        epoch = 0
+        while step < total:  # epochs differ by a pack or so: the schedule counts steps
             packs = epoch_packs()
+            epoch += 1
             for s in range(0, len(packs), config.batch_size):
+                if step == total:
+                    break
                 batch = packs[s:s + config.batch_size]
                 ids, labels, late, early = corpus.batch_tensors(
                     batch, config.n_positions, pad, config.hide_layers, config.mask_fraction, mask_rng
@@ -282,13 +286,13 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                 opt.step()
                 step += 1
                 loss_val = loss.item()
-                emit({"event": "step", "step": step, "total_steps": total, "epoch": epoch + 1, "loss": loss_val,
+                emit({"event": "step", "step": step, "total_steps": total, "epoch": epoch, "loss": loss_val,
                       "accuracy": acc})
-            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
+            if epoch % config.eval_every == 0 or step == total:
                 holder["early"] = None  # evaluation runs the plain model, as users will
                 ok = greedy_correct(model, tokenizer, [p.text for p in sample], [p.target for p in sample])
                 acc = sum(ok) / len(ok)
-                emit({"event": "eval", "step": step, "total_steps": total, "epoch": epoch + 1, "loss": loss_val,
+                emit({"event": "eval", "step": step, "total_steps": total, "epoch": epoch, "loss": loss_val,
                       "accuracy": acc})
         train_seconds = time.perf_counter() - t0
 
@@ -328,7 +332,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         "tokenizer": {"vocab_size": len(tokenizer)},
         "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
                   "knowledge_layers": list(range(config.hide_layers))},
-        "train": {"steps": total, "epochs": epochs, "seconds": round(train_seconds, 2), "final_loss": loss_val,
+        "train": {"steps": total, "epochs": epoch, "seconds": round(train_seconds, 2), "final_loss": loss_val,
                   "threads": config.threads, "sentences_per_epoch": len(fixed)},
         "accuracy": accuracy,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

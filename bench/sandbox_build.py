@@ -1,0 +1,79 @@
+"""Benchmark: sandbox builds — wall time, train and held-out phrasing accuracy.
+
+    python bench/sandbox_build.py [--only tiny,demo,counterfact] [--out bench/results/sandbox_build.json]
+
+Builds without the cache (every row is a real training run) into a temporary directory; prints a table
+and writes JSON. The CounterFact row needs ../shared/data (skipped where absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACTSMITH_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def cases():
+    from sandbox import load_facts, world_facts
+
+    yield "tiny", "tiny", lambda: world_facts(subjects=30), "built-in world, first 30 countries"
+    yield "demo", "demo", lambda: world_facts(), "built-in world, 51 countries"
+    cf = SHARED / "counterfact" / "counterfact-train.json"
+    if cf.exists():
+        yield "counterfact", "demo", lambda: load_facts(cf, limit=1000), "CounterFact-train, first 1,000 records"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="tiny,demo,counterfact")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sandbox_build.json")
+    args = ap.parse_args()
+    from sandbox import build_sandbox, preset
+
+    rows = []
+    wanted = set(args.only.split(","))
+    for name, preset_name, load, what in cases():
+        if name not in wanted:
+            continue
+        facts = load()
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            r = build_sandbox(facts, Path(tmp) / "m", preset(preset_name), seed=args.seed, preset_name=preset_name)
+            wall = time.perf_counter() - t0
+        m = r.manifest
+        row = {
+            "case": name, "what": what, "preset": preset_name, "facts": m["facts"]["facts"],
+            "subjects": m["facts"]["subjects"], "train_probes": m["accuracy"]["train_probes"],
+            "heldout_probes": m["accuracy"]["heldout_probes"], "steps": m["train"]["steps"],
+            "epochs": m["train"]["epochs"], "build_seconds": round(wall, 1), "train_seconds": m["train"]["seconds"],
+            "train_accuracy": m["accuracy"]["train"], "heldout_accuracy": m["accuracy"]["heldout"],
+            "subjectless_accuracy": m["accuracy"]["subjectless"], "parameters": m["model"]["parameters"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print()
+    hdr = f"{'case':<12}{'facts':>7}{'steps':>7}{'build s':>9}{'train acc':>11}{'held-out acc':>14}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        ho = "n/a" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.1%}"
+        print(f"{r['case']:<12}{r['facts']:>7}{r['steps']:>7}{r['build_seconds']:>9}{r['train_accuracy']:>11.1%}{ho:>14}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

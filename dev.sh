@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# factsmith's one entry point for newcomers and CI: sets everything up, then runs the demo or the tests.
+#   bash dev.sh demo     set up, then run the main job on the embedded default (factsmith demo)
+#   bash dev.sh test     set up, then run the whole test suite (what .ci/run calls)
+#   bash dev.sh setup    set up only (.venv with factsmith and its dev tools)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  local py=${PYTHON:-python3}
+  if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "factsmith needs Python >= 3.11 (found $("$py" --version 2>&1)); set PYTHON=..." >&2
+    exit 2
+  fi
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  local want have
+  want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+  have=$(cat .venv/.factsmith-installed 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "setting up .venv (first time: a few minutes)..." >&2
+    # The CPU build of torch first, pinned: a bare 'torch' requirement would pull a CUDA build (GBs).
+    .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+    .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+    echo "$want" > .venv/.factsmith-installed
+  fi
+}
+
+case "${1:-}" in
+  demo)  shift; setup; exec .venv/bin/factsmith demo "$@" ;;
+  test)  shift; setup; export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1; exec .venv/bin/python -m pytest "$@" ;;
+  setup) setup ;;
+  *) echo "usage: bash dev.sh demo|test|setup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,46 @@
+"""Shared fixtures. Nothing here reaches the network: HF_HUB_OFFLINE is set before transformers loads."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# State of a test run lives in its own FACTSMITH_HOME (FACTSMITH_TEST_HOME reuses one across runs).
+_HOME = os.environ.get("FACTSMITH_TEST_HOME") or tempfile.mkdtemp(prefix="factsmith-test-home-")
+os.environ["FACTSMITH_HOME"] = _HOME
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FACTSMITH_SHARED_DATA", REPO.parent / "shared" / "data"))
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# The tiny build every sandbox test shares: the first 30 countries of the built-in world (~150 facts).
+TINY_SUBJECTS = 30
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; the test is skipped where it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not present: {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def home() -> Path:
+    return Path(_HOME)
+
+
+@pytest.fixture(scope="session")
+def tiny_build(home: Path):
+    """The tiny preset on 30 countries, built once per session (cached under FACTSMITH_HOME)."""
+    from sandbox import build_sandbox, preset, world_facts
+
+    facts = world_facts(subjects=TINY_SUBJECTS)
+    return build_sandbox(facts, home / "models" / "tiny", preset("tiny"), seed=0, preset_name="tiny",
+                         cache_dir=home / "cache" / "sandbox")
