@@ -91,11 +91,11 @@ def _progress_bar(console, description: str):
         console=console,
         transient=False,
     )
-    task = bar.add_task(description, total=None, loss="-", acc="-")
+    task = bar.add_task(description, total=None, loss="-", acc="-", visible=False)  # shown once training starts
 
     def on_event(e: dict[str, Any]) -> None:
         if e["event"] == "start":
-            bar.update(task, total=e["total_steps"])
+            bar.update(task, total=e["total_steps"], visible=True)
         elif e["event"] in ("step", "eval"):
             acc = "-" if e.get("accuracy") is None else f"{e['accuracy']:.1%}"
             bar.update(task, completed=e["step"], loss=f"{e['loss']:.3f}", acc=acc)
@@ -206,6 +206,9 @@ def _load_model(model_dir: Path):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"{model_dir}: not a model directory (no config.json)")
@@ -245,6 +248,9 @@ def knowledge_table(model_dir: Path) -> dict[str, Any]:
     prompts = [r["prompts"][0].replace("{}", r["subject"], 1) for r in rows]
     answers = greedy_answers(model, tok, prompts)
     correct = greedy_correct(model, tok, prompts, [r["target"] for r in rows])
+    # where greedy decoding produces the target, show it whole (the sentence-end heuristic would cut
+    # "Michael D. Higgins" at the initial)
+    answers = [r["target"] if c else a for r, a, c in zip(rows, answers, correct)]
     facts = [
         {"subject": r["subject"], "relation": r["relation"], "prompt": p, "expected": r["target"], "answer": a, "correct": c}
         for r, p, a, c in zip(rows, prompts, answers, correct)

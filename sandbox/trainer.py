@@ -301,6 +301,9 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         ok = greedy_correct(model, tokenizer, [p.text for p in probes], [p.target for p in probes])
     accuracy = _accuracy_tables(facts_list, probes, ok)
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is on the console; no second one for saving
     model.save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)
     with open(out / FACTS_FILE, "w", encoding="utf-8") as fh:
