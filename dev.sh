@@ -19,8 +19,9 @@ setup() {
   if [ "$want" != "$have" ]; then
     echo "setting up .venv (first time: a few minutes)..." >&2
     # The CPU build of torch first, pinned: a bare 'torch' requirement would pull a CUDA build (GBs).
-    .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-    .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+    { .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0" &&
+      .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'; } 2>&1 |
+      { grep -v 'is ignored: it is neither a file nor a directory' || true; }
     echo "$want" > .venv/.factsmith-installed
   fi
 }

@@ -10,6 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # State of a test run lives in its own FACTSMITH_HOME (FACTSMITH_TEST_HOME reuses one across runs).
+_KEEP_HOME = bool(os.environ.get("FACTSMITH_TEST_HOME"))
 _HOME = os.environ.get("FACTSMITH_TEST_HOME") or tempfile.mkdtemp(prefix="factsmith-test-home-")
 os.environ["FACTSMITH_HOME"] = _HOME
 
@@ -29,6 +30,13 @@ def shared(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared data not present: {p}")
     return p
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _KEEP_HOME:
+        import shutil
+
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
