@@ -86,7 +86,7 @@ class SandboxConfig:
 # Presets. `tiny` is for tests (≈ 100–250 facts in under a minute); `demo` trains longer for better
 # locality (a shorter schedule hurts how many other facts survive an edit).
 PRESETS: dict[str, SandboxConfig] = {
-    "tiny": SandboxConfig(epochs=90, min_steps=450),
+    "tiny": SandboxConfig(epochs=80, min_steps=400),
     "demo": SandboxConfig(epochs=120, min_steps=1000),
 }
 

@@ -219,7 +219,6 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     if longest > config.n_positions:
         raise BuildError(f"a training sentence has {longest} tokens, more than n_positions={config.n_positions}")
 
-    torch.manual_seed(seed)
     gcfg = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=config.n_positions,
@@ -236,7 +235,9 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         pad_token_id=pad,
     )
     gcfg._attn_implementation = "eager"  # the custom 4-D masks are additive; eager was 2x faster here
-    model = GPT2LMHeadModel(gcfg)
+    with torch.random.fork_rng():  # seed the initial weights without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(gcfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
