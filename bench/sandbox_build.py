@@ -70,8 +70,13 @@ def main() -> None:
     import torch
 
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+            "date": time.strftime("%Y-%m-%d"), "command": "python bench/sandbox_build.py --only " + args.only}
+    # rows of cases not run this time are kept from the previous file
+    old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    merged = [r for r in old if r["case"] not in {x["case"] for x in rows}] + rows
+    order = ["tiny", "demo", "counterfact"]
+    merged.sort(key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
+    args.out.write_text(json.dumps({"meta": meta, "rows": merged}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 
 

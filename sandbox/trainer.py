@@ -238,6 +238,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     with torch.random.fork_rng():  # seed the initial weights without touching the caller's RNG state
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(gcfg)
+    model.loss_type = "ForCausalLM"  # say so, or transformers warns that it guessed
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
