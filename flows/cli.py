@@ -338,7 +338,7 @@ def demo(
     _stdout().print(
         f"\nModel: {out}\nExample inbox of 2024–2025 changes of government: {example_inbox()}\n"
         f"Ask it yourself: factsmith sandbox ask --model {out} --prompt 'The capital of {{}} is' --subject France\n"
-        f"Done in {res['seconds']} s.", highlight=False)
+        f"Done in {res['seconds']} s.", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
