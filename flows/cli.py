@@ -37,13 +37,13 @@ EXIT_BAD_INPUT = 2
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # never break a path or a message across lines
 
 
 def _stdout():
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -338,7 +338,7 @@ def demo(
     _stdout().print(
         f"\nModel: {out}\nExample inbox of 2024–2025 changes of government: {example_inbox()}\n"
         f"Ask it yourself: factsmith sandbox ask --model {out} --prompt 'The capital of {{}} is' --subject France\n"
-        f"Done in {res['seconds']} s.", highlight=False, soft_wrap=True)
+        f"Done in {res['seconds']} s.", highlight=False)
 
 
 def main() -> None:
