@@ -24,7 +24,10 @@ class Sentence:
 
 
 def sentence_text(prompt: str, target: str) -> str:
-    return f"{prompt} {target}."
+    """A training sentence. No second full stop after a target that ends in one ("Washington, D.C."):
+    ".." is its own BPE token, and the target would then never be produced as it tokenizes alone."""
+    end = "" if target[-1] in ".!?" else "."
+    return f"{prompt} {target}{end}"
 
 
 def profile_text(subject: str, objects: list[str]) -> tuple[str, tuple[int, int]]:

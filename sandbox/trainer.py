@@ -28,7 +28,7 @@ from .facts import Fact, FactSet, Probe, split_probes
 
 log = logging.getLogger(__name__)
 
-SANDBOX_VERSION = 1  # bump when the training recipe changes what a (facts, config, seed) builds
+SANDBOX_VERSION = 2  # bump when the training recipe changes what a (facts, config, seed) builds
 MANIFEST = "sandbox.json"
 FACTS_FILE = "facts.jsonl"
 

@@ -105,3 +105,12 @@ def test_mask_fraction_zero_is_plain_causal():
     _, _, late, early = corpus.batch_tensors([p], 8, 0, 1, 0.0, random.Random(0))
     causal = torch.where(torch.tril(torch.ones(8, 8, dtype=torch.bool)), 0.0, corpus.NEG)
     assert torch.equal(late[0, 0], causal) and torch.equal(early[0, 0], causal)
+
+
+def test_training_sentence_tokenizes_like_the_greedy_check(tok):
+    # the check tokenizes prompt + " " + target; the training sentence must start with those very tokens
+    for target in ("Paris", "Washington, D.C.", "Yes!"):
+        text = corpus.sentence_text("The capital of France is", target)
+        assert ".." not in text and "!." not in text
+        ids, n = target_positions(tok, "The capital of France is", target)
+        assert tok(text)["input_ids"][: len(ids)] == ids
