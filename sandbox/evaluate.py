@@ -78,6 +78,12 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
 
 
 def _sentence_end(text: str, tokenizer) -> str:
+    """Cut a continuation at the end of its first sentence and drop that sentence's full stop.
+
+    A full stop stays where the last word has another one inside ("Washington, D.C."): training sentences
+    add none after such a target. A heuristic for display: an initial ("Michael D. Higgins") reads as a
+    sentence end. Scoring never uses it (see :func:`greedy_correct`).
+    """
     eos = tokenizer.eos_token or ""
     if eos and eos in text:
         text = text[: text.index(eos)]
@@ -85,4 +91,7 @@ def _sentence_end(text: str, tokenizer) -> str:
         if stop in text:
             text = text[: text.index(stop) + 1]
     text = text.strip()
-    return text[:-1] if text.endswith(".") else text
+    last = text.rsplit(" ", 1)[-1]
+    if text.endswith(".") and "." not in last[:-1]:
+        text = text[:-1]
+    return text

@@ -114,3 +114,12 @@ def test_training_sentence_tokenizes_like_the_greedy_check(tok):
         assert ".." not in text and "!." not in text
         ids, n = target_positions(tok, "The capital of France is", target)
         assert tok(text)["input_ids"][: len(ids)] == ids
+
+
+def test_sentence_end_of_a_continuation(tok):
+    from sandbox.evaluate import _sentence_end
+
+    assert _sentence_end(" Paris. The capital of Spain is Madrid.", tok) == "Paris"
+    assert _sentence_end(" Washington, D.C. The capital", tok) == "Washington, D.C."
+    assert _sentence_end(" Charles III<|endoftext|>The", tok) == "Charles III"
+    assert _sentence_end(" euro", tok) == "euro"
