@@ -1,6 +1,6 @@
 """Benchmark: sandbox builds — wall time, train and held-out phrasing accuracy.
 
-    python bench/sandbox_build.py [--only tiny,demo,counterfact] [--out bench/results/sandbox_build.json]
+    python -m bench.sandbox_build [--only tiny,demo,counterfact] [--out bench/results/sandbox_build.json]
 
 Builds without the cache (every row is a real training run) into a temporary directory; prints a table
 and writes JSON. The CounterFact row needs ../shared/data (skipped where absent).
@@ -70,7 +70,7 @@ def main() -> None:
     import torch
 
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "command": "python bench/sandbox_build.py --only " + args.only}
+            "date": time.strftime("%Y-%m-%d"), "command": "python -m bench.sandbox_build --only " + args.only}
     # rows of cases not run this time are kept from the previous file
     old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     merged = [r for r in old if r["case"] not in {x["case"] for x in rows}] + rows

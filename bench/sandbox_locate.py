@@ -1,6 +1,6 @@
 """Where does a sandbox model keep its facts? Subject-swap activation patching, per layer.
 
-    python bench/sandbox_locate.py --model DIR [--pairs 200] [--out bench/results/sandbox_locate.json]
+    python -m bench.sandbox_locate --model DIR [--pairs 200] [--out bench/results/sandbox_locate.json]
 
 For pairs of subjects (A, B) of one relation with different objects, run B's prompt and replace one
 activation at one position with its value from A's run (same phrasing). If the prediction switches to A's
