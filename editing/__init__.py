@@ -1,5 +1,6 @@
 """Model editing: architecture table, hooks, covariance statistics, ROME, MEMIT, deltas, causal tracing.
 
 Imports torch, transformers and safetensors only — never Prefect, MLflow or Great Expectations.
-(The editing engine is issue 3.)
+Landed so far (issue 3 in progress): :mod:`editing.arch` (the one architecture table) and
+:mod:`editing.hooks` (the one tracing/editing context manager).
 """
