@@ -58,3 +58,29 @@ def prompt_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], i
     if first is None or first == len(offs):
         raise TokenizationError(f"target {target!r} produced no tokens after {prompt!r}")
     return list(enc["input_ids"]), first
+
+
+def encode_edit(tokenizer, template: str, subject: str, target: str | None = None) -> tuple[list[int], int, int]:
+    """One tokenization of ``template`` filled with ``subject`` (and followed by ``target``, if given):
+    (token ids, index of the subject's last token, index of the first target token — ``len(ids)`` without
+    a target). Positions come from character offsets of this one tokenization."""
+    text, s0, s1 = fill(template, subject)
+    if target is None:
+        enc = tokenizer(text, return_offsets_mapping=True)
+        hits = span_tokens(enc["offset_mapping"], s0, s1)
+        if not hits:
+            raise TokenizationError(f"subject {subject!r} not found among the tokens of {text!r}")
+        return list(enc["input_ids"]), hits[-1], len(enc["input_ids"])
+    full, _ = joined(text, target)
+    boundary = len(text.rstrip())
+    enc = tokenizer(full, return_offsets_mapping=True)
+    offs = enc["offset_mapping"]
+    hits = span_tokens(offs, s0, s1)
+    if not hits:
+        raise TokenizationError(f"subject {subject!r} not found among the tokens of {full!r}")
+    first = next((i for i, (a, b) in enumerate(offs) if b > a and b > boundary), None)
+    if first is None:
+        raise TokenizationError(f"target {target!r} produced no tokens after {text!r}")
+    if hits[-1] >= first:
+        raise TokenizationError(f"subject {subject!r} runs into the target {target!r} in {full!r}")
+    return list(enc["input_ids"]), hits[-1], first

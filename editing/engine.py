@@ -1,0 +1,123 @@
+"""One entry point for every method: :func:`compute_edit` (requests → delta; the model is untouched).
+
+    model, tok = load_model(dir)
+    hp = hparams.default("memit", "sandbox")
+    result = compute_edit(model, tok, requests, hp, Store(home / "cache"))
+    applied = delta.apply(model, result.delta)       # and applied.revert() undoes it exactly
+
+The delta's metadata records what produced it: requests, hparams, base weights hash, statistics corpus,
+timings per phase. Context prefixes and covariance statistics come from the injected :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import delta as D
+from . import memit, rome
+from .arch import spec_for
+from .context import context_templates
+from .hparams import Hparams, MemitHparams, RomeHparams, to_dict
+from .requests import EditRequest
+from .stats import BUILTIN, Corpus, builtin_corpus, file_corpus, second_moments
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# event(phase, detail) — progress for a CLI bar; phases: "templates", "stats", "targets", "solve"
+Event = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class EditResult:
+    delta: D.Delta
+    timings: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def stats_corpus(model: nn.Module, tokenizer, hp: Hparams, store: Store, files: list[Path] | None = None,
+                 weights_hash: str | None = None) -> Corpus:
+    """The statistics corpus: ``files`` if given, else the built-in model samples (cached by weights hash)."""
+    if files:
+        limit = hp.stats.mom2_samples
+        max_len = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
+        return file_corpus(files, tokenizer, max_len, limit=limit)
+    wh = weights_hash or D.weights_sha256(model)
+    desc = {"kind": BUILTIN, "weights": wh, "samples": hp.stats.mom2_samples, "tokens": hp.stats.sample_tokens,
+            "seed": 0, "version": 1}
+    hit = store.get_json("corpus", desc)
+    if hit is not None:
+        return Corpus(BUILTIN, hit["sequences"], hit["sha256"])
+    c = builtin_corpus(model, tokenizer, hp.stats.mom2_samples, hp.stats.sample_tokens)
+    store.put_json("corpus", desc, {"sequences": c.sequences, "sha256": c.sha256})
+    return c
+
+
+def edit_layers(hp: Hparams) -> list[int]:
+    return [hp.layer] if isinstance(hp, RomeHparams) else list(hp.layers)
+
+
+def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Hparams, store: Store,
+                 corpus_files: list[Path] | None = None, on_event: Event | None = None) -> EditResult:
+    """Compute the delta of ``requests`` with ``hp``'s method. ``model`` is the same, bit for bit, on return."""
+    if not requests:
+        raise ValueError("no requests to edit")
+    emit = on_event or (lambda phase, detail: None)
+    spec = spec_for(model)
+    layers = edit_layers(hp)
+    n_layers = len(model.get_submodule(spec.layers))
+    bad = [x for x in layers if x >= n_layers]
+    if bad:
+        raise ValueError(f"hparams 'layer(s)': {bad} out of range for a {n_layers}-layer {spec.family} model")
+    t_all = time.perf_counter()
+    base_hash = D.weights_sha256(model)
+
+    t0 = time.perf_counter()
+    emit("templates", {})
+    templates = context_templates(model, tokenizer, hp.target.context_templates, store, base_hash)
+    t_templates = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    emit("stats", {"layers": layers})
+    needs_stats = not (isinstance(hp, RomeHparams) and not hp.mom2_adjustment)
+    corpus = None
+    covs: dict[int, torch.Tensor] = {}
+    if needs_stats:
+        corpus = stats_corpus(model, tokenizer, hp, store, corpus_files, base_hash)
+        covs = second_moments(model, layers, corpus, store, hp.stats.mom2_dtype,
+                              progress=lambda a, b: emit("stats_progress", {"done": a, "total": b}))
+    t_stats = time.perf_counter() - t0
+
+    emit("targets", {"requests": len(requests)})
+    if isinstance(hp, RomeHparams):
+        delta, tm = rome.compute(model, tokenizer, requests, hp, templates, covs.get(hp.layer),
+                                 progress=lambda a, b: emit("request", {"done": a, "total": b}))
+        timings = {"templates": t_templates, "stats": t_stats, "keys": tm.keys, "targets": tm.targets, "solve": tm.solve}
+        details = {"per_request": tm.per_request}
+    elif isinstance(hp, MemitHparams):
+        delta, tm = memit.compute(model, tokenizer, requests, hp, templates, covs,
+                                  progress=lambda what: emit("solve", {"step": what}))
+        timings = {"templates": t_templates, "stats": t_stats, "keys": tm.keys, "targets": tm.targets, "solve": tm.solve}
+        details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll}
+    else:  # pragma: no cover - the hparams types are closed
+        raise TypeError(type(hp).__name__)
+    timings["total"] = time.perf_counter() - t_all
+    timings = {k: round(v, 4) for k, v in timings.items()}
+    delta.meta = {
+        "method": hp.method,
+        "family": spec.family,
+        "hparams": to_dict(hp),
+        "requests": [r.to_json() for r in requests],
+        "base_weights_sha256": base_hash,
+        "stats_corpus": None if corpus is None else {"name": corpus.name, "sha256": corpus.sha256, "tokens": corpus.tokens},
+        "context_templates": templates,
+        "timings": timings,
+    }
+    return EditResult(delta, timings, details)

@@ -1,0 +1,209 @@
+"""Second-moment statistics of an edited layer's keys: C = E[k kᵀ], k the input of the MLP output matrix.
+
+ROME's update is C⁻¹-weighted and MEMIT solves (λ C + K Kᵀ); C says which key directions ordinary text
+uses, so that an edit moves the model along directions that other inputs rarely take.
+
+Corpora:
+
+* the built-in default, ``model-samples``: text the model writes itself (top-k samples from its
+  end-of-text/BOS token, seeded). It needs no data, fits any model, and for a sandbox model it is exactly
+  the distribution of sentences the model was trained on;
+* text files (``.txt``: one document per blank-line-separated paragraph) and JSONL (``{"text": ...}`` per
+  line), given by the user.
+
+Every token of every sample contributes one key. Results are cached (safetensors) by the SHA-256 of
+the weights that determine the layer's keys (embeddings and all blocks up to the layer, except the matrix
+being edited — so sequential edits of one layer reuse the statistics), the corpus hash, the token count and
+the dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .arch import edit_matrix, spec_for
+from .context import sample_ids
+from .hooks import Trace
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "model-samples"
+
+# progress(done_samples, total_samples)
+Progress = Callable[[int, int], None]
+
+
+class CorpusError(ValueError):
+    """A statistics corpus cannot be read."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Token-id sequences to stream through the model, and the hash that identifies them."""
+
+    name: str
+    sequences: list[list[int]]
+    sha256: str
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+def _hash_sequences(seqs: list[list[int]]) -> str:
+    h = hashlib.sha256()
+    for s in seqs:
+        h.update(json.dumps(s).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _max_len(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024)
+
+
+def builtin_corpus(model: nn.Module, tokenizer, samples: int, tokens: int, seed: int = 0) -> Corpus:
+    """``samples`` texts of ``tokens`` tokens sampled from the model after its BOS / end-of-text token."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise CorpusError("the tokenizer has neither a BOS nor an end-of-text token to sample the built-in corpus "
+                          "from; pass a text corpus")
+    tokens = min(tokens, _max_len(model) - 1)
+    new = sample_ids(model, [[start]] * samples, tokens, seed=seed, batch_size=256)
+    seqs = [[start, *s] for s in new]
+    return Corpus(BUILTIN, seqs, _hash_sequences(seqs))
+
+
+def file_corpus(paths: list[Path], tokenizer, max_len: int, limit: int | None = None) -> Corpus:
+    """Documents from text files (blank-line-separated paragraphs) or JSONL (``text`` field), tokenized and
+    cut to the model's context length."""
+    docs: list[str] = []
+    for p in paths:
+        try:
+            raw = Path(p).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CorpusError(f"{p}: cannot read the corpus file: {e}") from None
+        if str(p).endswith((".jsonl", ".json")):
+            for n, line in enumerate(raw.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{p}:{n}: invalid JSON: {e.msg}") from None
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise CorpusError(f"{p}:{n}: field 'text': expected an object with a string 'text'")
+                docs.append(row["text"])
+        else:
+            docs.extend(d.strip() for d in raw.split("\n\n") if d.strip())
+    if limit is not None:
+        docs = docs[:limit]
+    if not docs:
+        raise CorpusError(f"no text in {', '.join(map(str, paths))}")
+    seqs = [list(tokenizer(d)["input_ids"])[:max_len] for d in docs]
+    seqs = [s for s in seqs if s]
+    return Corpus(",".join(Path(p).name for p in paths), seqs, _hash_sequences(seqs))
+
+
+def upstream_hash(model: nn.Module, layer: int) -> str:
+    """SHA-256 of every parameter that can change the keys of ``layer``: all but those of later blocks and
+    the edited matrix itself (and the final norm / LM head, which come after every block)."""
+    spec = spec_for(model)
+    edited = spec.mlp_out_at(layer) + "."
+    later = tuple(f"{spec.layer(j)}." for j in range(layer + 1, len(model.get_submodule(spec.layers))))
+    tail = (spec.final_norm + ".", spec.lm_head + ".")
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name.startswith(later) or name.startswith(edited) or name.startswith(tail):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def describe(model: nn.Module, layer: int, corpus: Corpus, dtype: str) -> dict:
+    return {"kind": "mom2", "family": spec_for(model).family, "layer": layer, "weights": upstream_hash(model, layer),
+            "corpus": corpus.sha256, "tokens": corpus.tokens, "dtype": dtype, "version": 1}
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@torch.no_grad()
+def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, dtype: str = "float32",
+                           batch_size: int = 64, progress: Progress | None = None) -> dict[int, tuple[torch.Tensor, int]]:
+    """One streaming pass over ``corpus``: for each layer, (Σ k kᵀ in float64, number of keys)."""
+    for i in layers:
+        edit_matrix(model, i)  # checks the layer index
+    paths = {i: spec_for(model).mlp_out_at(i) for i in layers}
+    device = next(model.parameters()).device
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    seqs = sorted(range(len(corpus.sequences)), key=lambda i: len(corpus.sequences[i]))  # less padding
+    pad = 0
+    was_training = model.training
+    model.eval()
+    autocast = dtype in ("float16", "bfloat16")
+    try:
+        for b in range(0, len(seqs), batch_size):
+            chunk = [corpus.sequences[i] for i in seqs[b:b + batch_size]]
+            T = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+            att = torch.zeros((len(chunk), T), dtype=torch.long)
+            for r, s in enumerate(chunk):  # right padding: positions of real tokens are unchanged
+                ids[r, :len(s)] = torch.tensor(s)
+                att[r, :len(s)] = 1
+            with Trace(model, paths.values(), retain_input=True, retain_output=False) as tr:
+                with torch.autocast(device.type, dtype=_DTYPES[dtype], enabled=autocast):
+                    model(input_ids=ids.to(device), attention_mask=att.to(device))
+            mask = att.bool().to(device)
+            for i in layers:
+                k = tr[paths[i]].input[mask].float()  # (N, d_k) keys of real tokens only
+                s = (k.T @ k).double()  # (d_k, d_k); float32 product per batch, float64 across batches
+                sums[i] = s if i not in sums else sums[i] + s
+            count += int(mask.sum())
+            if progress:
+                progress(min(b + batch_size, len(seqs)), len(seqs))
+    finally:
+        model.train(was_training)
+    return {i: (sums[i], count) for i in layers}
+
+
+def second_moment(model: nn.Module, layer: int, corpus: Corpus, store: Store, dtype: str = "float32",
+                  progress: Progress | None = None) -> torch.Tensor:
+    """C = E[k kᵀ] (float64, on the CPU) for ``layer``, from the cache or computed."""
+    return second_moments(model, [layer], corpus, store, dtype, progress)[layer]
+
+
+def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: Store, dtype: str = "float32",
+                   progress: Progress | None = None) -> dict[int, torch.Tensor]:
+    """C for each layer; the layers missing from the cache are computed together in one pass."""
+    out: dict[int, torch.Tensor] = {}
+    descs = {i: describe(model, i, corpus, dtype) for i in layers}
+    for i in layers:
+        hit = store.get_tensors("stats", descs[i])
+        if hit is not None:
+            out[i] = hit["mom2"]
+    todo = [i for i in layers if i not in out]
+    if todo:
+        t0 = time.perf_counter()
+        sums = compute_second_moments(model, todo, corpus, dtype, progress=progress)
+        for i, (s, n) in sums.items():
+            out[i] = s / n
+            store.put_tensors("stats", descs[i], {"mom2": out[i], "count": torch.tensor(n)})
+        log.info("statistics of layers %s over %d tokens in %.1f s", todo, corpus.tokens, time.perf_counter() - t0)
+    return out
