@@ -198,7 +198,7 @@ def corrupted_probability(
     def edit(name: str, h: torch.Tensor) -> torch.Tensor:
         h = h.clone().view(G, S, T, -1)  # (G, S, T, d); rows of the batch are (group, sample)
         if name == spec.embed:
-            h[:, :, :b] += noise.to(h.dtype)[:, :1]  # same draws in every group
+            h[:, :, a:b] += noise.to(h.dtype)[None]  # same draws in every group
         else:
             gs, ps = by_name[name]
             src = clean[name][0, ps].to(h.dtype)  # (n, d)

@@ -298,6 +298,58 @@ def sandbox_show(
 
 
 # ----------------------------------------------------------------------------------------------------
+# locate
+
+
+@app.command()
+def locate(
+    model_dir: Path = typer.Option(..., "--model", help="Model directory (a Hugging Face causal LM)."),
+    subject: str = typer.Option(..., "--subject", help="The subject whose token embeddings are corrupted."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt with '{}' for the subject, or a text containing it."),
+    target: Optional[str] = typer.Option(None, "--target", help="Answer to measure (its first token). "
+                                         "Default: the model's own greedy next token."),
+    samples: int = typer.Option(10, "--samples", help="Noise draws averaged per measurement."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise generator."),
+    out: Path = typer.Option(Path("locate-out"), "--out", help="Directory for trace.json and the heatmap PNGs."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Causal tracing (ROME paper): where does the model recall the fact? Writes trace.json and one PNG per site."""
+    from editing.locate import plot, trace_subject
+
+    with _errors(as_json):
+        model, tok = _load_model(model_dir)
+        result = trace_subject(model, tok, prompt, subject, target, samples=samples, seed=seed)
+        out.mkdir(parents=True, exist_ok=True)
+        trace_json = out / "trace.json"
+        trace_json.write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        pngs = plot(result, out)
+    res = {"ok": True, "model": str(model_dir), **result.to_json(), "json": str(trace_json),
+           "png": {site: str(p) for site, p in pngs.items()}}
+    if as_json:
+        emit_json(res)
+        return
+    _print_locate(result, trace_json, pngs)
+
+
+def _print_locate(result, trace_json: Path, pngs: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    last = result.tokens[result.subject_last]
+    t = Table(title=f"{result.prompt!r}: p({result.answer!r}) clean {result.clean_p:.3f}, subject corrupted "
+                    f"{result.corrupted_p:.3f}; restored at the subject's last token {last!r}", title_justify="left")
+    t.add_column("layer", justify="right")
+    t.add_column("MLP", justify="right")
+    t.add_column("block (hidden state)", justify="right")
+    best = {site: result.best_layer(site) for site in ("mlp", "block")}
+    for layer, (m, b) in enumerate(zip(result.at_subject_last("mlp"), result.at_subject_last("block"))):
+        cells = [f"[bold]{v:.3f}[/]" if best[site] == layer else f"{v:.3f}" for site, v in (("mlp", m), ("block", b))]
+        t.add_row(str(layer), *cells)
+    console = _stdout()
+    console.print(t)
+    console.print(f"trace: {trace_json}\n" + "\n".join(f"{site} heatmap: {p}" for site, p in pngs.items()), highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------
 # demo
 
 
