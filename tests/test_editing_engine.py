@@ -1,0 +1,196 @@
+"""ROME and MEMIT on tiny random models of every family: they raise p(target_new), computing an edit never
+changes the model, deltas apply / revert exactly and round-trip through safetensors, batched target
+optimisation equals one-at-a-time, statistics are cached by what determines them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing import hparams as H
+from editing.delta import Delta, apply, weights_sha256
+from editing.engine import compute_edit
+from editing.requests import EditRequest, RequestError
+from editing.score import score_targets
+from editing.stats import Corpus, compute_second_moments, second_moments, upstream_hash
+from editing.store import Store
+from editing.targets import optimize_targets
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.unit
+
+VOCAB = 320
+# The subject ends each prompt: in a random model the last position barely attends to earlier tokens, so only
+# an activation at the last prompt token can move the next-token distribution (trained models read the
+# subject through attention; the sandbox tests cover that).
+REQS = [
+    EditRequest("France", "The capital of {}", "Warsaw", "Paris", id="r1"),
+    EditRequest("Poland", "The head of state of {}", "Japanese", "Andrzej Duda", id="r2"),
+    EditRequest("Japan", "The official language of {}", "Berlin", "Japanese", id="r3"),
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer(VOCAB)
+
+
+def _small_hp(method: str, layers=(1,)):
+    # A random init's activations are tiny (‖h‖ ≈ 0.03): the paper's decay ‖δ‖/‖h‖² and clamp 4‖h‖, tuned on
+    # trained models, would forbid any edit here.
+    target = H.TargetHparams(v_steps=25, v_lr=0.5, context_templates=((4, 2),), kl_factor=0.0625,
+                             v_weight_decay=1e-4, clamp_norm_factor=1000.0)
+    stats = H.StatsHparams(mom2_samples=64, sample_tokens=16)
+    if method == "rome":
+        return H.RomeHparams(layer=layers[-1], target=target, stats=stats)
+    return H.MemitHparams(layers=tuple(layers), target=target, stats=stats, mom2_update_weight=10.0)
+
+
+def _p(model, tok, reqs):
+    return [s.logprob for s in score_targets(model, tok, [r.text for r in reqs], [r.target_new for r in reqs])]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize("method", ["rome", "memit"])
+def test_edit_raises_p_new_and_leaves_the_model_unchanged(family, method, tok, tmp_path):
+    model = tiny_model(family, vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)  # a sharper random model
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    h0 = weights_sha256(model)
+    hp = _small_hp(method, layers=(0, 1))
+    p0 = _p(model, tok, REQS)
+    res = compute_edit(model, tok, REQS, hp, Store(tmp_path / "cache"))
+    # computing the edit changed nothing, bit for bit
+    assert weights_sha256(model) == h0
+    assert all(torch.equal(v, before_state[k]) for k, v in model.state_dict().items())
+    applied = apply(model, res.delta)
+    p1 = _p(model, tok, REQS)
+    assert all(b > a + 1.0 for a, b in zip(p0, p1)), (p0, p1)  # every request's log p(new) up by > 1 nat
+    applied.revert()
+    assert weights_sha256(model) == h0
+    # metadata says what produced the delta
+    assert res.delta.meta["method"] == method and res.delta.meta["base_weights_sha256"] == h0
+    assert [r["id"] for r in res.delta.meta["requests"]] == ["r1", "r2", "r3"]
+    assert set(res.timings) >= {"stats", "keys", "targets", "solve", "total"}
+
+
+def test_delta_round_trip_gives_the_same_edited_model(tok, tmp_path):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    res = compute_edit(model, tok, REQS[:2], _small_hp("memit", (0, 1)), Store(tmp_path / "c"))
+    res.delta.save(tmp_path / "d.safetensors")
+    a = apply(model, res.delta)
+    h_direct = weights_sha256(model)
+    a.revert()
+    b = apply(model, Delta.load(tmp_path / "d.safetensors"))
+    assert weights_sha256(model) == h_direct
+    b.revert()
+
+
+def test_duplicate_subject_and_prompt_in_a_memit_batch_names_both(tok, tmp_path):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    dup = [REQS[0], EditRequest("France", "The capital of {}", "Rome", id="r9")]
+    with pytest.raises(RequestError, match=r"'r1' and 'r9'"):
+        compute_edit(model, tok, dup, _small_hp("memit"), Store(None))
+
+
+def test_batched_targets_equal_one_at_a_time(tok):
+    model = tiny_model("llama", vocab=VOCAB)
+    hp = H.TargetHparams(v_steps=8, context_templates=())
+    templates = ["{}", "Berlin is in Germany. {}"]
+    name = "model.layers.1"
+    together = optimize_targets(model, tok, name, REQS, templates, hp)
+    for j, r in enumerate(REQS):
+        alone = optimize_targets(model, tok, name, [r], templates, hp)
+        assert alone.steps[0] == together.steps[j]
+        assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
+
+
+def test_early_stop_freezes_a_converged_request(tok):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    hp = H.TargetHparams(v_steps=30, early_stop_loss=1e9, context_templates=())  # everything converges at once
+    tg = optimize_targets(model, tok, "transformer.h.1", REQS, ["{}"], hp)
+    assert tg.steps == [1, 1, 1] and float(tg.delta.abs().max()) == 0.0
+
+
+def test_target_norm_is_clamped(tok):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    hp = H.TargetHparams(v_steps=15, v_lr=5.0, clamp_norm_factor=0.1, v_weight_decay=0.0, context_templates=())
+    tg = optimize_targets(model, tok, "transformer.h.1", REQS, ["{}"], hp)
+    ratio = tg.delta.norm(dim=-1) / tg.init.norm(dim=-1)
+    assert bool((ratio <= 0.1 + 1e-4).all()) and bool((ratio > 0.09).all())
+
+
+# ---------------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_second_moments_match_a_direct_computation(tok):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    seqs = [tok(t)["input_ids"] for t in ["The capital of France is Paris.", "Rome is the capital of Italy."]]
+    corpus = Corpus("test", seqs, "x")
+    got = compute_second_moments(model, [1], corpus)[1]
+    from editing.hooks import Trace
+
+    ks = []
+    for s in seqs:  # one sequence at a time, no padding
+        with Trace(model, ["transformer.h.1.mlp.c_proj"], retain_input=True) as tr:
+            model(input_ids=torch.tensor([s]))
+        ks.append(tr["transformer.h.1.mlp.c_proj"].input[0])
+    K = torch.cat(ks).double()
+    assert got[1] == sum(len(s) for s in seqs)
+    assert torch.allclose(got[0], K.T @ K, rtol=1e-4, atol=1e-5)
+
+
+def test_statistics_cache_is_keyed_by_upstream_weights(tok, tmp_path):
+    model = tiny_model("gpt2", vocab=VOCAB)
+    corpus = Corpus("test", [tok("The capital of France is Paris.")["input_ids"]] * 3, "c1")
+    store = Store(tmp_path)
+    c1 = second_moments(model, [1], corpus, store)[1]
+    assert len(list((tmp_path / "stats").iterdir())) == 1
+    h1 = upstream_hash(model, 1)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight.add_(1.0)  # the edited matrix: keys unchanged
+        model.transformer.h[2].mlp.c_fc.weight.add_(1.0)  # a later layer: keys unchanged
+    assert upstream_hash(model, 1) == h1
+    assert torch.equal(second_moments(model, [1], corpus, store)[1], c1)  # a cache hit
+    assert len(list((tmp_path / "stats").iterdir())) == 1
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_proj.weight.mul_(1.5)  # an earlier layer changes the keys
+    assert upstream_hash(model, 1) != h1
+    c2 = second_moments(model, [1], corpus, store)[1]
+    assert not torch.equal(c1, c2) and len(list((tmp_path / "stats").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# hparams
+
+
+def test_every_shipped_preset_loads():
+    from pathlib import Path
+
+    import editing
+
+    presets = sorted((Path(editing.__file__).parent / "presets").glob("*.yaml"))
+    assert len(presets) >= 8
+    for p in presets:
+        hp = H.load(p)
+        assert H.from_dict(hp.method, H.to_dict(hp)) == hp  # round trip
+    assert H.default("rome", "gpt2").layer == 17 and H.default("memit", "gptj").layers == (3, 4, 5, 6, 7, 8)
+    assert H.default("memit", "qwen2") == H.default("memit", "llama")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("method: rome\nlayer: 1\nlayr: 2\n", r"unknown key.*'layr'"),
+    ("method: rome\nlayer: one\n", r"'layer': expected int, found str"),
+    ("method: rome\nlayer: true\n", r"'layer': expected int, found bool"),
+    ("method: memit\nlayers: [1]\ntarget: {v_lr: fast}\n", r"'target.v_lr': expected float"),
+    ("method: memit\nlayers: [1]\ntarget: {v_steeps: 3}\n", r"unknown key.*'target.v_steeps'"),
+    ("method: memit\nlayers: [3, 1]\n", r"'layers': expected increasing"),
+    ("method: memit\n", r"layers"),
+    ("method: rome\nlayer: 1\ntarget: {essence_prompts: ['no placeholder']}\n", r"essence_prompts"),
+])
+def test_bad_hparams_name_the_key(tmp_path, text, match):
+    p = tmp_path / "hp.yaml"
+    p.write_text(text)
+    with pytest.raises(H.HparamsError, match=match):
+        H.load(p)
