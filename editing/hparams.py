@@ -103,6 +103,9 @@ def _check(obj: Any, prefix: str = "") -> None:
     """Type-check a dataclass's fields against their annotations (ints are not bools, floats accept ints)."""
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
+        v = getattr(obj, f.name)
+        if typing.get_origin(hints[f.name]) is tuple and isinstance(v, list):
+            object.__setattr__(obj, f.name, _tupled(v))  # lists from Python code are accepted as tuples
         _check_value(getattr(obj, f.name), hints[f.name], prefix + f.name)
     for name in ("v_steps", "batch_prompts", "mom2_samples", "sample_tokens"):
         if hasattr(obj, name) and getattr(obj, name) < 1:
