@@ -298,6 +298,443 @@ def sandbox_show(
 
 
 # ----------------------------------------------------------------------------------------------------
+# editing
+
+METHODS = ("rome", "memit")
+
+
+def _check_method(method: Optional[str]) -> None:
+    if method is not None and method not in METHODS:
+        raise ValueError(f"--method: expected rome or memit, found {method!r}")
+
+
+def _check_files(paths: list[Path], what: str) -> None:
+    """Fail before the model loads when an input file is missing."""
+    from editing.stats import CorpusError
+
+    for p in paths:
+        if not p.is_file():
+            raise CorpusError(f"{p}: {what} file not found")
+
+
+def _hparams_for(method: Optional[str], hparams_file: Optional[Path], model_dir: Path, model):
+    """(hparams, file they came from): ``--hparams FILE``, else the shipped default of the model's family
+    (``sandbox`` for a directory with a sandbox manifest). ``method`` None: the file's own (memit by default)."""
+    from editing import hparams as H
+    from editing.arch import spec_for
+
+    if hparams_file is not None:
+        return H.load(hparams_file, method), hparams_file
+    family = "sandbox" if (model_dir / "sandbox.json").is_file() else spec_for(model).family
+    path = H.builtin_path(method or "memit", family)
+    return H.load(path, method or "memit"), path
+
+
+def _check_layers(model, layers: list[int], where: str) -> None:
+    """Layer indices against the model's depth; the error names where the layers came from."""
+    from editing.arch import n_layers, spec_for
+
+    n = n_layers(model)
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise ValueError(f"{where}: layer(s) {bad} out of range: the {spec_for(model).family} model has {n} layers "
+                         f"(0..{n - 1})")
+
+
+class _Phases:
+    """Progress on stderr: one line per phase (spinner or bar, its own elapsed time)."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(SpinnerColumn(finished_text="[green]✓[/]"),
+                            TextColumn("{task.description}", markup=False), BarColumn(bar_width=20),
+                            TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=console)
+        self.task = None
+
+    def __enter__(self) -> "_Phases":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.finish()
+        self.bar.__exit__(*exc)
+
+    def start(self, description: str, total: Optional[int] = None) -> None:
+        self.finish()
+        self.task = self.bar.add_task(description, total=total, count="" if total is None else f"0/{total}")
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=done, total=total, count=f"{done}/{total}")
+
+    def finish(self) -> None:
+        if self.task is not None:
+            t = next(t for t in self.bar.tasks if t.id == self.task)
+            total = t.total if t.total is not None else 1
+            self.bar.update(self.task, total=total, completed=total)
+            self.bar.stop_task(self.task)
+            self.task = None
+
+
+def _edit_events(phases: _Phases, method: str):
+    """The ``on_event(phase, detail)`` callback of ``compute_edit``, drawn on ``phases``."""
+    state: dict[str, Any] = {"layers": [], "solved": 0}
+
+    def on_event(phase: str, d: dict[str, Any]) -> None:
+        if phase == "templates":
+            phases.start("context templates")
+        elif phase == "stats":
+            state["layers"] = list(d.get("layers", []))
+            phases.start(f"covariance statistics, layer(s) {', '.join(map(str, state['layers']))}")
+        elif phase == "stats_progress":
+            phases.update(d["done"], d["total"])
+        elif phase == "targets":
+            n = d.get("requests", 0)
+            if method == "rome":
+                phases.start("ROME requests, one after another", total=n)
+            else:
+                phases.start(f"MEMIT target vectors, {n} request(s) together")
+        elif phase == "request":
+            phases.update(d["done"], d["total"])
+        elif phase == "solve":
+            if d.get("step") == "targets":
+                phases.start("MEMIT layer updates", total=len(state["layers"]) or None)
+            else:
+                state["solved"] += 1
+                phases.update(state["solved"], len(state["layers"]))
+
+    return on_event
+
+
+def _score(model, tok, requests) -> list[dict[str, Any]]:
+    """Whole-target probabilities of target_new (and target_true, when known) after each request's prompt."""
+    from editing.score import score_targets
+
+    new = score_targets(model, tok, [r.text for r in requests], [r.target_new for r in requests])
+    known = [i for i, r in enumerate(requests) if r.target_true is not None]
+    true = score_targets(model, tok, [requests[i].text for i in known], [requests[i].target_true for i in known])
+    p_true = dict(zip(known, true))
+    return [{"p_new": new[i].prob, "new_argmax": new[i].argmax,
+             "p_true": p_true[i].prob if i in p_true else None} for i in range(len(requests))]
+
+
+def _out_dir_problem(out: Path, model_dir: Path, force: bool) -> Optional[str]:
+    o, m = out.resolve(), model_dir.resolve()
+    if o == m or o in m.parents or m in o.parents:
+        return f"--out {out}: must not be the --model directory {model_dir}, inside it or contain it"
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: exists and is not a directory"
+    if out.is_dir() and any(out.iterdir()) and not force:
+        return f"--out {out}: directory exists and is not empty; pass --force to replace it"
+    return None
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` directory to ``out``, replacing what is there (the caller checked --force)."""
+    import os
+    import shutil
+
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        else:
+            out.rmdir()
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if old is not None and not out.exists():
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@app.command()
+def edit(
+    model_dir: Path = typer.Option(..., "--model", help="Model directory (a Hugging Face causal LM)."),
+    requests_file: Path = typer.Option(..., "--requests", help="Requests, native JSONL (id, subject, prompt with "
+                                       "'{}', target_new, optional target_true)."),
+    method: str = typer.Option(..., "--method", help="rome (one request after another, one layer) or memit "
+                               "(one batch over several layers)."),
+    hparams_file: Optional[Path] = typer.Option(None, "--hparams", help="Hyperparameter YAML. Default: the "
+                                                "shipped one for the method and the model's family."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the edited model to (a Hugging Face "
+                             "directory with delta.safetensors and edit.json)."),
+    corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Text (.txt, blank-line paragraphs) or "
+                                                "JSONL ('text') file for the covariance statistics; repeatable. "
+                                                "Default: text sampled from the model itself."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists and is not empty."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Edit facts into a model with ROME or MEMIT; write the edited model, its delta and an audit record."""
+    import shutil
+    import time
+    import uuid
+    from importlib.metadata import version as pkg_version
+
+    t_start = time.perf_counter()
+    with _errors(as_json):
+        _check_method(method)
+        problem = _out_dir_problem(out, model_dir, force)
+        if problem:
+            raise ValueError(problem)
+        from editing import delta as D
+        from editing.engine import compute_edit, edit_layers
+        from editing.hparams import to_dict
+        from editing.requests import check_distinct, read_native
+        from editing.store import Store
+        from flows import settings
+
+        requests = read_native(requests_file)
+        if method == "memit":
+            check_distinct(requests)  # before the statistics, not after
+        hp, hp_path = (None, None) if hparams_file is None else _hparams_for(method, hparams_file, model_dir, None)
+        _check_files(list(corpus or []), "corpus")
+        timings: dict[str, float] = {}
+        console = _stderr()
+        with _Phases(console) as phases:
+            t0 = time.perf_counter()
+            phases.start(f"loading {model_dir}")
+            model, tok = _load_model(model_dir)
+            timings["load"] = time.perf_counter() - t0
+            if hp is None:
+                hp, hp_path = _hparams_for(method, None, model_dir, model)
+            _check_layers(model, edit_layers(hp), f"{hp_path}: '{'layer' if method == 'rome' else 'layers'}'")
+
+            t0 = time.perf_counter()
+            phases.start(f"scoring {len(requests)} request(s) before the edit")
+            before = _score(model, tok, requests)
+            t_score = time.perf_counter() - t0
+
+            result = compute_edit(model, tok, requests, hp, Store(settings.cache_dir()),
+                                  corpus_files=list(corpus) if corpus else None, on_event=_edit_events(phases, method))
+            D.apply(model, result.delta)  # the model in memory is the edited one from here on
+            timings.update(result.timings)
+
+            t0 = time.perf_counter()
+            phases.start("scoring after the edit")
+            after = _score(model, tok, requests)
+            timings["score"] = t_score + time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            phases.start(f"writing {out}")
+            rows = _edit_rows(requests, before, after)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")  # a sibling: the final rename is atomic
+            tmp.mkdir()  # (not mkdtemp: its 0700 mode would stick to --out)
+            try:
+                # transformers 5 always writes safetensors (its save_pretrained has no safe_serialization switch)
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                result.delta.save(tmp / "delta.safetensors")
+                for name in ("facts.jsonl", "sandbox.json"):  # a sandbox stays inspectable (sandbox show)
+                    if (model_dir / name).is_file():
+                        shutil.copy2(model_dir / name, tmp / name)
+                timings["write"] = time.perf_counter() - t0
+                timings["wall"] = time.perf_counter() - t_start
+                timings = {k: round(v, 4) for k, v in timings.items()}
+                record = {
+                    "format": "factsmith.edit/1",
+                    "factsmith": pkg_version("factsmith"),
+                    "method": hp.method,
+                    "hparams_file": str(Path(hp_path).resolve()),
+                    "hparams": to_dict(hp),
+                    "requests": [r.to_json() for r in requests],
+                    "base_model": str(model_dir.resolve()),
+                    "base_weights_sha256": result.delta.meta["base_weights_sha256"],
+                    "edited_weights_sha256": D.weights_sha256(model),
+                    "delta": "delta.safetensors",
+                    "stats_corpus": result.delta.meta.get("stats_corpus"),
+                    "timings": timings,
+                    "results": rows,
+                    "details": result.details,
+                }
+                (tmp / "edit.json").write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n",
+                                               encoding="utf-8")
+                _publish(tmp, out)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+    res = {
+        "ok": True,
+        "out": str(out),
+        "method": hp.method,
+        "hparams": str(hp_path),
+        "n_requests": len(requests),
+        "n_success": sum(r["success"] for r in rows),
+        "base_weights_sha256": record["base_weights_sha256"],
+        "edited_weights_sha256": record["edited_weights_sha256"],
+        "timings": timings,
+        "requests": rows,
+    }
+    if as_json:
+        emit_json(res)
+        return
+    _print_edit(res)
+
+
+def _edit_rows(requests, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r, b, a in zip(requests, before, after):
+        # success: the new target beats the old one after the edit; without a known old target, greedy
+        # decoding produces the new one
+        success = a["p_new"] > a["p_true"] if r.target_true is not None else a["new_argmax"]
+        rows.append({"id": r.id, "subject": r.subject, "prompt": r.prompt, "text": r.text,
+                     "target_new": r.target_new, "target_true": r.target_true,
+                     "p_new_before": b["p_new"], "p_new_after": a["p_new"],
+                     "p_true_before": b["p_true"], "p_true_after": a["p_true"], "success": bool(success)})
+    return rows
+
+
+def _prob(p: Optional[float]) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def _print_edit(res: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape(f"{res['method'].upper()}: {res['n_success']}/{res['n_requests']} edits succeeded → "
+                           f"{res['out']}"), title_justify="left")
+    for col, just in (("id", "left"), ("prompt", "left"), ("new target", "left"), ("p(new) before → after", "right"),
+                      ("old target", "left"), ("p(old) before → after", "right"), ("", "center")):
+        t.add_column(col, justify=just)
+    for r in res["requests"]:
+        known = r["target_true"] is not None
+        t.add_row(escape(r["id"]), escape(r["text"]), escape(r["target_new"]),
+                  f"{_prob(r['p_new_before'])} → {_prob(r['p_new_after'])}", escape(r["target_true"] or ""),
+                  f"{_prob(r['p_true_before'])} → {_prob(r['p_true_after'])}" if known else "",
+                  "[green]✓[/]" if r["success"] else "[red]✗[/]")
+    console = _stdout()
+    console.print(t)
+    tm = res["timings"]
+    console.print(f"hparams: {escape(res['hparams'])}\ntimings (s): "
+                  + ", ".join(f"{k} {tm[k]:.2f}" for k in ("load", "templates", "stats", "keys", "targets", "solve",
+                                                           "score", "write", "wall") if k in tm), highlight=False)
+
+
+def _parse_layers(text: str) -> list[int]:
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--layers: expected comma-separated layer indices like 0,1, found {text!r}") from None
+    if not layers:
+        raise ValueError(f"--layers: expected comma-separated layer indices like 0,1, found {text!r}")
+    return sorted(set(layers))
+
+
+@app.command()
+def stats(
+    model_dir: Path = typer.Option(..., "--model", help="Model directory (a Hugging Face causal LM)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices, e.g. 0,1. "
+                                         "Default: the layers the hparams edit."),
+    method: Optional[str] = typer.Option(None, "--method", help="rome or memit: whose hparams decide the corpus "
+                                         "(default: the --hparams file's own, else memit)."),
+    hparams_file: Optional[Path] = typer.Option(None, "--hparams", help="Hyperparameter YAML. Default: the "
+                                                "shipped one for the method and the model's family."),
+    corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Text (.txt) or JSONL ('text') corpus "
+                                                "file; repeatable. Default: text sampled from the model itself."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Corpus samples (overrides the hparams' "
+                                          "stats.mom2_samples)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Covariance statistics C = E[k kᵀ] of the keys of MLP output layers (computed, or read from the cache)."""
+    import time
+
+    t_start = time.perf_counter()
+    with _errors(as_json):
+        _check_method(method)
+        from editing import hparams as H
+        from editing.arch import key_size
+        from editing.engine import edit_layers, stats_corpus
+        from editing.stats import describe, second_moments
+        from editing.store import Store
+        from flows import settings
+
+        hp, hp_path = (None, None) if hparams_file is None else _hparams_for(method, hparams_file, model_dir, None)
+        wanted = _parse_layers(layers) if layers is not None else None
+        _check_files(list(corpus or []), "corpus")
+        with _Phases(_stderr()) as phases:
+            phases.start(f"loading {model_dir}")
+            model, tok = _load_model(model_dir)
+            if hp is None:
+                hp, hp_path = _hparams_for(method, None, model_dir, model)
+            if samples is not None:
+                hp = H.with_changes(hp, stats__mom2_samples=samples)
+            wanted = wanted if wanted is not None else edit_layers(hp)
+            _check_layers(model, wanted, "--layers" if layers is not None else f"{hp_path}: layers")
+            store = Store(settings.cache_dir())
+            phases.start("statistics corpus" + (f" ({', '.join(map(str, corpus))})" if corpus else
+                                                f" ({hp.stats.mom2_samples} model samples)"))
+            c = stats_corpus(model, tok, hp, store, list(corpus) if corpus else None)
+            dtype = hp.stats.mom2_dtype
+            found: dict[int, tuple[Any, int, bool, float]] = {}
+            for layer in wanted:  # the cache lookup second_moments does, to say which layers come from it
+                t0 = time.perf_counter()
+                hit = store.get_tensors("stats", describe(model, layer, c, dtype))
+                if hit is not None:
+                    found[layer] = (hit["mom2"], int(hit["count"]) if "count" in hit else c.tokens, True,
+                                    time.perf_counter() - t0)
+            todo = [x for x in wanted if x not in found]
+            if todo:
+                phases.start(f"covariance statistics, layer(s) {', '.join(map(str, todo))} (one pass)",
+                             total=len(c.sequences))
+                t0 = time.perf_counter()
+                covs = second_moments(model, todo, c, store, dtype, progress=phases.update)
+                dt = time.perf_counter() - t0
+                for layer in todo:
+                    found[layer] = (covs[layer], c.tokens, False, dt)
+            phases.start("trace and condition numbers")
+            rows = [_stats_row(layer, key_size(model, layer), *found[layer]) for layer in wanted]
+    res = {
+        "ok": True,
+        "model": str(model_dir),
+        "method": hp.method,
+        "hparams": str(hp_path),
+        "corpus": {"name": c.name, "sha256": c.sha256, "sequences": len(c.sequences), "tokens": c.tokens},
+        "dtype": dtype,
+        "layers": rows,
+        "seconds": round(time.perf_counter() - t_start, 4),
+    }
+    if as_json:
+        emit_json(res)
+        return
+    _print_stats(res)
+
+
+def _stats_row(layer: int, width: int, C, tokens: int, cached: bool, seconds: float) -> dict[str, Any]:
+    import torch
+
+    C = C.double()  # (d_k, d_k)
+    ev = torch.linalg.eigvalsh(C)  # ascending
+    cond = float(ev[-1] / ev[0]) if float(ev[0]) > 0 else None  # None: C is singular (to float64 precision)
+    return {"layer": layer, "key_width": width, "tokens": tokens, "from_cache": cached, "seconds": round(seconds, 4),
+            "trace": float(torch.trace(C)), "condition_number": cond}
+
+
+def _print_stats(res: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    c = res["corpus"]
+    t = Table(title=escape(f"C = E[k kᵀ] of {res['model']} over {c['name']} ({c['sequences']} sequences, "
+                           f"{c['tokens']} tokens, {res['dtype']})"), title_justify="left")
+    for col in ("layer", "key width", "tokens", "from cache", "seconds", "trace", "condition number"):
+        t.add_column(col, justify="right")
+    for r in res["layers"]:
+        cond = "singular" if r["condition_number"] is None else f"{r['condition_number']:.3g}"
+        t.add_row(str(r["layer"]), str(r["key_width"]), str(r["tokens"]), "yes" if r["from_cache"] else "no",
+                  f"{r['seconds']:.2f}", f"{r['trace']:.4g}", cond)
+    _stdout().print(t)
+
+
+# ----------------------------------------------------------------------------------------------------
 # locate
 
 

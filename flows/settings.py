@@ -14,9 +14,14 @@ def home() -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """The editing cache (covariance statistics, context templates, corpora): an ``editing.store.Store`` root."""
+    return home() / "cache"
+
+
 def sandbox_cache() -> Path:
     """Cache of built sandbox models, keyed by the hash of (facts, config, seed, versions)."""
-    return home() / "cache" / "sandbox"
+    return cache_dir() / "sandbox"
 
 
 def models_dir() -> Path:
