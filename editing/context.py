@@ -37,8 +37,9 @@ def sample_ids(model: nn.Module, starts: list[list[int]], new_tokens: int, *, se
                 idx = idx_all[b:b + batch_size]
                 ids = torch.tensor([starts[i] for i in idx], device=device)  # (B, T0)
                 past, step_in, new = None, ids, []
-                for _ in range(new_tokens):
-                    o = model(input_ids=step_in, past_key_values=past, use_cache=True)
+                for t in range(new_tokens):
+                    att = torch.ones(ids.shape[0], ids.shape[1] + t, dtype=torch.long, device=device)  # no padding
+                    o = model(input_ids=step_in, attention_mask=att, past_key_values=past, use_cache=True)
                     past = o.past_key_values
                     logits = o.logits[:, -1].float().cpu()  # (B, V)
                     top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)

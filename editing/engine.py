@@ -25,13 +25,16 @@ from . import memit, rome
 from .arch import spec_for
 from .context import context_templates
 from .hparams import Hparams, MemitHparams, RomeHparams, to_dict
-from .requests import EditRequest
+from .requests import EditRequest, check_distinct
 from .stats import BUILTIN, Corpus, builtin_corpus, file_corpus, second_moments
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-# event(phase, detail) — progress for a CLI bar; phases: "templates", "stats", "targets", "solve"
+# event(phase, detail) — progress for a CLI. Phases, in order: "templates" {}, "stats" {layers},
+# "stats_progress" {done, total} (only when statistics are computed), "targets" {requests}, then for ROME
+# "request" {done, total} after each request, for MEMIT "solve" {step: "targets" | "layer N"} after the
+# target vectors and after each layer's update.
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -69,6 +72,8 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
     """Compute the delta of ``requests`` with ``hp``'s method. ``model`` is the same, bit for bit, on return."""
     if not requests:
         raise ValueError("no requests to edit")
+    if isinstance(hp, MemitHparams):
+        check_distinct(requests)  # before any expensive work
     emit = on_event or (lambda phase, detail: None)
     spec = spec_for(model)
     layers = edit_layers(hp)
