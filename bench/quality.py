@@ -1,0 +1,171 @@
+"""Benchmark: edit quality and cost of ROME and MEMIT on the CounterFact sandbox.
+
+    python -m bench.quality [--only rome,rome-seq,memit-10,memit-100,memit-1000] [--n 100] [--records 1000]
+                            [--model DIR] [--hparams FILE] [--device cpu] [--threads 2] [--seed 0]
+                            [--out bench/results/quality.json]
+
+The model is a sandbox trained on the first ``--records`` CounterFact-train records (built with the demo
+preset, or reused from FACTSMITH_HOME's cache), edited with the same records' counterfactuals: only facts
+the sandbox was trained on, so p_true is the model's own knowledge.
+
+Cases (each batch or single edit on fresh weights: compute, apply, score, revert):
+
+* ``rome``: ``--n`` single ROME edits;
+* ``rome-seq``: the same requests edited one after another in one compute_edit call, scored at the end;
+* ``memit-10`` / ``memit-100`` / ``memit-1000``: 10 / up to 3 / 1 consecutive MEMIT batches of that size
+  (a sandbox with fewer valid records gets one shorter batch, marked ``short_batch``).
+
+Scores as CounterFact defines them (ROME's code): per prompt, the mean per-token NLL of the new target
+against the true one. efficacy = share of edits with p_new > p_true on the edited prompt, paraphrase = the
+same on the rephrased prompt, neighbourhood = share of neighbour prompts where the neighbour's own truth
+still beats the new target; all three also before the edit, and top-1 (greedy decoding gives the new
+target) after. Times are compute_edit's phases per edit; edits/s = edits / compute seconds; peak memory
+is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import _common as C
+
+CASES = ["rome", "rome-seq", "memit-10", "memit-100", "memit-1000"]
+MEMIT_BATCHES = {"memit-10": (10, 10), "memit-100": (100, 3), "memit-1000": (1000, 1)}  # case -> (size, batches)
+
+
+def batches_for(requests: list, size: int, wanted: int) -> tuple[list[list], bool]:
+    """Consecutive batches of ``size``; with fewer requests than one batch, one short batch of them all."""
+    full = min(wanted, len(requests) // size)
+    if full:
+        return [requests[i * size:(i + 1) * size] for i in range(full)], False
+    return [requests], True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases: " + ", ".join(CASES))
+    ap.add_argument("--n", type=int, default=100, help="ROME edits (rome, rome-seq)")
+    C.add_common_args(ap, C.RESULTS / "quality.json")
+    args = ap.parse_args()
+    wanted = [c for c in args.only.split(",") if c]
+    bad = [c for c in wanted if c not in CASES]
+    if bad:
+        C.die(f"unknown case(s) {', '.join(bad)}; choose from {', '.join(CASES)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    from editing import delta as D
+    from editing.engine import compute_edit
+    from editing.hparams import to_dict
+    from editing.store import Store
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model_dir = C.resolve_model(args)
+    model, tok = C.load_model(model_dir, args.device)
+    rs = C.load_requests(args.data, args.records, model_dir, args.seed)
+    reqs = rs.requests
+    if not reqs:
+        C.die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
+    print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
+    store = Store(args.cache if args.cache is not None else C.home() / "cache")
+    hps = C.load_hparams(args.hparams)
+    base_hash = D.weights_sha256(model)
+
+    # Scores before any edit, once per request (every case edits a prefix of the same seeded order).
+    before_cache: dict[str, dict[str, list]] = {}
+
+    def before(batch: list) -> dict[str, list]:
+        todo = [r for r in batch if r.id not in before_cache]
+        if todo:
+            for r, sc in zip(todo, C.score(model, tok, todo)):
+                before_cache[r.id] = sc
+        return C.merge_scores(before_cache[r.id] for r in batch)
+
+    def run(batch: list, hp, stats_flag: list[int]) -> tuple[dict[str, list], dict[str, float], float]:
+        """compute, apply, score, revert: the scores after, compute_edit's timings, seconds of apply+score."""
+        flag = {"computed": False}
+
+        def on_event(phase, detail):
+            if phase == "stats_progress":
+                flag["computed"] = True
+
+        res = compute_edit(model, tok, batch, hp, store, on_event=on_event)
+        stats_flag[0] += int(flag["computed"])
+        t0 = time.perf_counter()
+        applied = D.apply(model, res.delta)
+        try:
+            after = C.merge_scores(C.score(model, tok, batch))
+        finally:
+            applied.revert()
+        return after, res.timings, time.perf_counter() - t0
+
+    rows = []
+    for case in [c for c in CASES if c in wanted]:
+        method = "rome" if case.startswith("rome") else "memit"
+        hp = hps[method]
+        short = False
+        if case == "rome":
+            groups = [[r] for r in reqs[:args.n]]
+        elif case == "rome-seq":
+            groups = [reqs[:args.n]]
+        else:
+            size, n_batches = MEMIT_BATCHES[case]
+            groups, short = batches_for(reqs, size, n_batches)
+        n = sum(len(g) for g in groups)
+        print(f"{case}: {n} edits in {len(groups)} compute_edit call(s)", file=sys.stderr, flush=True)
+        timings: dict[str, float] = {}
+        afters, befores = [], []
+        stats_flag = [0]
+        score_s = 0.0
+        with C.PeakMemory(args.device) as mem:
+            for g in groups:
+                befores.append(before(g))
+                after, t, s = run(g, hp, stats_flag)
+                afters.append(after)
+                C.add_timings(timings, t)
+                score_s += s
+            peak = mem.read()
+        assert D.weights_sha256(model) == base_hash, "the model must be unchanged after every case"
+        q = C.summarize(C.merge_scores(befores), C.merge_scores(afters))
+        row = {"case": case, "method": method, "edits": n, "calls": len(groups),
+               "batch_size": len(groups[0]) if method == "memit" else (n if case == "rome-seq" else 1),
+               "short_batch": short, **q,
+               **{f"s_per_edit_{k}": round(timings[k] / n, 4) for k in C.PHASES},
+               "compute_s": round(timings["total"], 2), "edits_per_s": round(n / timings["total"], 3),
+               "score_s": round(score_s, 2), "stats_computed": stats_flag[0], **peak,
+               "request_ids_sha256": C.ids_digest([r for g in groups for r in g]),
+               "hparams": to_dict(hp)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print()
+    C.table(rows, [("case", "case", ""), ("edits", "n", "n"), ("efficacy", "efficacy", "%"),
+                   ("paraphrase", "paraphrase", "%"), ("neighbourhood", "neighbours", "%"),
+                   ("efficacy_top1", "eff top-1", "%"), ("paraphrase_top1", "para top-1", "%"),
+                   ("efficacy_before", "eff before", "%"), ("paraphrase_before", "para before", "%"),
+                   ("neighbourhood_before", "neigh before", "%"), ("known_top1_before", "known top-1", "%")])
+    print()
+    C.table(rows, [("case", "case (s per edit)", ""), ("s_per_edit_templates", "templates", "s"),
+                   ("s_per_edit_stats", "stats", "s"), ("s_per_edit_keys", "keys", "s"),
+                   ("s_per_edit_targets", "v*", "s"), ("s_per_edit_solve", "solve", "s"),
+                   ("s_per_edit_total", "total", "s"), ("edits_per_s", "edits/s", "s"),
+                   ("stats_computed", "stats computed", "n"), ("peak_mem_mb", "peak MB", "n")])
+    m = C.meta(args, C.command_line("bench.quality"), {
+        "model": str(model_dir), "model_sha256": base_hash, "records": args.records, "seed": args.seed,
+        "requests": rs.describe(), "cache": str(store.root),
+        "note": "s_per_edit_* are compute_edit's phase times summed over the case's calls and divided by its "
+                "edits; 'stats' is near zero when the statistics came from the cache (stats_computed counts the "
+                "calls that computed them). peak_mem_mb: the case's peak RSS (ru_maxrss after a reset through "
+                "/proc/self/clear_refs) on CPU, torch.cuda.max_memory_allocated on CUDA."})
+    C.write_results(args.out, m, rows, CASES)
+
+
+if __name__ == "__main__":
+    main()
