@@ -67,13 +67,12 @@ def die(msg: str) -> None:
 
 def resolve_model(args) -> Path:
     """``--model``, or the cached sandbox of the first ``--records`` records (built on first use)."""
+    if not args.data.is_file():  # the requests come from it whatever the model
+        die(f"{args.data}: CounterFact-train data not found (set FACTSMITH_SHARED_DATA or pass --data)")
     if args.model is not None:
         if not (args.model / "config.json").is_file():
             die(f"{args.model}: not a model directory (no config.json)")
         return args.model
-    if not args.data.is_file():
-        die(f"{args.data}: CounterFact-train data not found (set FACTSMITH_SHARED_DATA, pass --data, or pass "
-            "--model DIR)")
     from sandbox import build_sandbox, load_facts, preset
     from sandbox.trainer import build_key
 
@@ -301,7 +300,8 @@ class PeakMemory:
 
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-            return {"peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_mem_kind": "cuda_allocated"}
+            return {"peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                    "peak_mem_kind": "cuda_allocated"}
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return {"peak_mem_mb": round(rss_kb / 1024, 1),
                 "peak_mem_kind": "cpu_rss" if self.reset_ok else "cpu_rss_process_so_far"}

@@ -30,7 +30,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 from . import _common as C
 
@@ -67,6 +66,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    hps = C.load_hparams(args.hparams)
     model_dir = C.resolve_model(args)
     model, tok = C.load_model(model_dir, args.device)
     rs = C.load_requests(args.data, args.records, model_dir, args.seed)
@@ -75,7 +75,6 @@ def main() -> None:
         C.die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
     print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
     store = Store(args.cache if args.cache is not None else C.home() / "cache")
-    hps = C.load_hparams(args.hparams)
     base_hash = D.weights_sha256(model)
 
     # Scores before any edit, once per request (every case edits a prefix of the same seeded order).

@@ -68,6 +68,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    hp = C.load_hparams(args.hparams)["memit"]
     model_dir = C.resolve_model(args)
     model, tok = C.load_model(model_dir, args.device)
     rs = C.load_requests(args.data, args.records, model_dir, args.seed)
@@ -76,7 +77,6 @@ def main() -> None:
         C.die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
     print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
     store = Store(args.cache if args.cache is not None else C.home() / "cache")
-    hp = C.load_hparams(args.hparams)["memit"]
     base_hash = D.weights_sha256(model)
 
     def edit_and_score(batch, h, st):
@@ -154,9 +154,10 @@ def main() -> None:
     st = [r for r in rows if r["case"] == "stats"]
     if st:
         print()
-        C.table(st, [("case", "statistics", ""), ("tokens", "tokens", "n"), ("forward_tokens_per_s", "forward tok/s", "n"),
-                     ("stats_tokens_per_s", "stats tok/s", "n"), ("overhead", "stats/forward time", "x"),
-                     ("forward_s", "forward s", "s"), ("stats_s", "stats s", "s"), ("corpus_sample_s", "sampling s", "s")])
+        C.table(st, [("case", "statistics", ""), ("tokens", "tokens", "n"),
+                     ("forward_tokens_per_s", "forward tok/s", "n"), ("stats_tokens_per_s", "stats tok/s", "n"),
+                     ("overhead", "stats/forward time", "x"), ("forward_s", "forward s", "s"),
+                     ("stats_s", "stats s", "s"), ("corpus_sample_s", "sampling s", "s")])
     ph = [r for r in rows if r["case"] == "phases-100"]
     if ph:
         print()
@@ -176,7 +177,7 @@ def stats_case(model, tok, hp, args) -> dict:
     """Tokens/s of compute_second_moments against a plain forward pass over the same padded batches."""
     import torch
 
-    from editing.stats import _DTYPES, builtin_corpus, compute_second_moments
+    from editing.stats import builtin_corpus, compute_second_moments
 
     layers = list(hp.layers)
     t0 = time.perf_counter()
@@ -197,12 +198,13 @@ def stats_case(model, tok, hp, args) -> dict:
             att[r, :len(s)] = 1
         batches.append((ids.to(device), att.to(device)))
     padded = sum(int(i.numel()) for i, _ in batches)
-    autocast = hp.stats.mom2_dtype in ("float16", "bfloat16")
+    autocast = hp.stats.mom2_dtype in ("float16", "bfloat16")  # as compute_second_moments runs them
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(hp.stats.mom2_dtype, torch.float32)
 
     @torch.no_grad()
     def forward() -> None:
         for ids, att in batches:
-            with torch.autocast(device.type, dtype=_DTYPES[hp.stats.mom2_dtype], enabled=autocast):
+            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 model(input_ids=ids, attention_mask=att)
 
     def timed(fn) -> float:
