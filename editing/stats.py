@@ -203,7 +203,7 @@ def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: S
         t0 = time.perf_counter()
         sums = compute_second_moments(model, todo, corpus, dtype, progress=progress)
         for i, (s, n) in sums.items():
-            out[i] = s / n
+            out[i] = (s / n).cpu()  # on the CPU, as a cache hit is: the solves run there in float64
             store.put_tensors("stats", descs[i], {"mom2": out[i], "count": torch.tensor(n)})
         log.info("statistics of layers %s over %d tokens in %.1f s", todo, corpus.tokens, time.perf_counter() - t0)
     return out

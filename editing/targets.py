@@ -176,6 +176,28 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     init_norm = init.norm(dim=-1)  # (n,)
     max_norm = hp.clamp_norm_factor * init_norm  # (n,)
 
+    # Per chunk, the padded indices of the target tokens and the essence rows' reference distributions.
+    gathers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    essence: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for chunk in batches:
+        L = max([len(r.ids) - r.start for r in chunk if r.kind == "rewrite"] or [1])
+        tgt = torch.zeros(len(chunk), L, dtype=torch.long)
+        pos = torch.zeros(len(chunk), L, dtype=torch.long)
+        msk = torch.zeros(len(chunk), L)
+        for b, r in enumerate(chunk):
+            if r.kind == "rewrite":
+                t = len(r.ids) - r.start
+                tgt[b, :t] = torch.tensor(r.ids[r.start:])
+                pos[b, :t] = torch.arange(r.start - 1, len(r.ids) - 1)  # logits at j predict token j + 1
+                msk[b, :t] = 1.0
+        gathers[id(chunk)] = (tgt.to(device), pos.to(device), msk.to(device))
+        erows = [(b, r) for b, r in enumerate(chunk) if r.kind == "essence"]
+        essence[id(chunk)] = (
+            torch.tensor([b for b, _ in erows], dtype=torch.long, device=device),
+            torch.tensor([r.start - 1 for _, r in erows], dtype=torch.long, device=device),
+            torch.stack([kl_ref[id(r)] for _, r in erows]) if erows else torch.zeros(0, device=device),
+        )
+
     delta = torch.zeros_like(init, requires_grad=True)  # (n, d)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -204,16 +226,16 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
                     logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
                 logp = F.log_softmax(logits.float(), -1)  # (B, T, V)
-                nll_rows = torch.zeros(len(chunk), device=device)
+                # One indexing op per chunk (a per-row index would build a (B, T, V) gradient per row).
+                tgt, pos, msk = gathers[id(chunk)]  # (B, L) target ids, positions predicting them, mask
+                picked = logp[bix[:, None], pos, tgt] * msk  # (B, L)
+                nll_rows = -picked.sum(1) / msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
                 kl_rows = torch.zeros(len(chunk), device=device)
-                for b, r in enumerate(chunk):
-                    if r.kind == "rewrite":
-                        tgt = torch.tensor(r.ids[r.start:], device=device)  # (t,)
-                        pos = torch.arange(r.start - 1, len(r.ids) - 1, device=device)  # logits predicting them
-                        nll_rows[b] = -logp[b, pos, tgt].mean()
-                    else:
-                        ref = kl_ref[id(r)]
-                        kl_rows[b] = F.kl_div(logp[b, r.start - 1], ref, log_target=True, reduction="sum")
+                eb, epos, eref = essence[id(chunk)]
+                if len(eb):
+                    cur = logp[eb, epos]  # (E, V)
+                    kl = (eref.exp() * (eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
+                    kl_rows = kl_rows.index_put((eb,), kl)
                 is_rw = torch.tensor([r.kind == "rewrite" for r in chunk], device=device)
                 nll_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, nll_rows, 0.0))
                 kl_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, 0.0, kl_rows))
