@@ -7,11 +7,12 @@ Imports only torch, transformers and tokenizers (lazily). Entry points: :func:`l
 from .config import PRESETS, SandboxConfig, preset
 from .errors import BuildError, FactFileError, SandboxError
 from .facts import Fact, FactSet, Probe, load_facts, split_probes, write_facts
-from .world import BUILTIN_WORLD, example_inbox, world_facts
+from .world import BUILTIN_WORLD, example_inbox, synthetic_facts, world_facts
 
 __all__ = [
     "PRESETS", "SandboxConfig", "preset", "BuildError", "FactFileError", "SandboxError", "Fact", "FactSet",
-    "Probe", "load_facts", "split_probes", "write_facts", "BUILTIN_WORLD", "example_inbox", "world_facts",
+    "Probe", "load_facts", "split_probes", "write_facts", "BUILTIN_WORLD", "example_inbox", "synthetic_facts",
+    "world_facts",
     "build_sandbox", "greedy_correct", "read_manifest",
 ]
 

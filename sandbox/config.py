@@ -45,6 +45,7 @@ class SandboxConfig:
     hide_layers: int = 1  # first layers where post-subject tokens cannot see the subject at all
     profile_lines: int = 6  # "<subject>: <objects>." lines per subject and epoch, reshuffled each time
     heldout_fraction: float = 0.5  # share of each relation's facts whose last phrasing is held out
+    key_decorrelation: float = 0.0  # weight of a penalty on the cosine between different subjects' keys
     # --- machine ---
     threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
     eval_every: int = 10  # epochs between accuracy checks on the progress bar
@@ -67,6 +68,8 @@ class SandboxConfig:
         for name in ("mask_fraction", "heldout_fraction", "warmup", "decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"sandbox config '{name}': expected a value in [0, 1], found {getattr(self, name)}")
+        if self.key_decorrelation < 0:
+            raise ValueError(f"sandbox config 'key_decorrelation': expected a value >= 0, found {self.key_decorrelation}")
         for name in ("epochs", "batch_size", "threads", "n_positions", "vocab_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sandbox config '{name}': expected a positive value, found {getattr(self, name)}")

@@ -5,7 +5,7 @@ the attention masks of the editability recipe (see :mod:`sandbox.config`).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,11 +53,13 @@ def tokenize(tokenizer, texts: list[str], spans: list[tuple[int, int] | None], s
 
 @dataclass
 class Pack:
-    """One training row: sentences laid end to end; ``spans`` are (start, subject span or None, end)."""
+    """One training row: sentences laid end to end; ``spans`` are (start, subject span or None, end) and
+    ``names`` the subject of each sentence."""
 
     ids: list[int]
     spans: list[tuple[int, tuple[int, int] | None, int]]
     subjects: set[str]
+    names: list[str | None] = field(default_factory=list)
 
 
 def pack(pairs: list[tuple[Sentence, Sentence]], length: int, rng: random.Random, open_packs: int = 8) -> list[Pack]:
@@ -94,6 +96,7 @@ def _append(p: Pack, s: Sentence, limit: int | None = None) -> None:
     span = s.span if s.span is not None and s.span[1] <= len(ids) else None
     p.ids += ids
     p.spans.append((start, None if span is None else (start + span[0], start + span[1]), start + len(ids)))
+    p.names.append(s.subject)
     if s.subject is not None:
         p.subjects.add(s.subject)
 
@@ -129,6 +132,24 @@ def batch_tensors(packs: list[Pack], length: int, pad_id: int, hide_layers: int,
             early[i, b:end, a:b] = False
     to_add = lambda m: torch.where(m, 0.0, NEG).unsqueeze(1)  # (B, 1, T, T)
     return ids, labels, to_add(late), to_add(early)
+
+
+def subject_ends(packs: list[Pack]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row, position and subject number of every subject's last token in a batch of packs.
+
+    The subject number is only meaningful within the batch (equal number = same subject).
+    """
+    rows, pos, subj = [], [], []
+    names: dict[str, int] = {}
+    for i, p in enumerate(packs):
+        for (start, span, end), name in zip(p.spans, p.names):
+            if span is None or name is None:
+                continue
+            rows.append(i)
+            pos.append(span[1] - 1)
+            subj.append(names.setdefault(name, len(names)))
+    as_t = lambda xs: torch.tensor(xs, dtype=torch.long)
+    return as_t(rows), as_t(pos), as_t(subj)
 
 
 def train_sentences(facts: list[Fact], probes: list[Probe]) -> list[tuple[str, tuple[int, int] | None, str | None]]:

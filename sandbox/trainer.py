@@ -261,6 +261,9 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     emit({"event": "start", "total_steps": total, "epochs": epochs, "facts": len(facts_list)})
 
     holder: dict[str, Any] = {}
+    key_layer = model.transformer.h[config.hide_layers - 1].mlp.c_proj  # the layer the editors rewrite
+    captured: dict[str, torch.Tensor] = {}
+    capture = key_layer.register_forward_pre_hook(lambda m, args: captured.__setitem__("keys", args[0]))
     step = 0
     loss_val = float("nan")
     acc = None
@@ -282,6 +285,8 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                     group["lr"] = _lr_at(step, total, config)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     loss = model(input_ids=ids, attention_mask=late, labels=labels).loss
+                if config.key_decorrelation:
+                    loss = loss + config.key_decorrelation * _key_overlap(captured.pop("keys"), labels, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -298,6 +303,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                       "accuracy": acc})
         train_seconds = time.perf_counter() - t0
 
+        capture.remove()
         holder["early"] = None
         model.eval()
         ok = greedy_correct(model, tokenizer, [p.text for p in probes], [p.target for p in probes])
@@ -336,7 +342,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         },
         "tokenizer": {"vocab_size": len(tokenizer)},
         "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
-                  "knowledge_layers": list(range(config.hide_layers))},
+                  "knowledge_layers": list(range(config.hide_layers)), "edit_layer": config.hide_layers - 1},
         "train": {"steps": total, "epochs": epoch, "seconds": round(train_seconds, 2), "final_loss": loss_val,
                   "threads": config.threads, "sentences_per_epoch": len(fixed)},
         "accuracy": accuracy,
@@ -346,6 +352,30 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     emit({"event": "done", "accuracy": accuracy["train"], "heldout": accuracy["heldout"]})
+
+
+def _key_overlap(keys, labels, packs) -> "torch.Tensor":
+    """Mean squared cosine between different subjects' keys (subject's last token, edited layer).
+
+    Keys are centred on the mean key of the batch's real tokens: the shared part is what the covariance
+    adjustment of ROME/MEMIT already discounts. A model trained with this penalty stores each subject's
+    facts under a key of its own, so a rank-one edit of one subject barely reaches the others, as in large
+    pretrained models whose keys are high-dimensional and nearly orthogonal.
+    """
+    import torch
+
+    from .corpus import subject_ends
+
+    rows, pos, subj = subject_ends(packs)
+    if len(rows) < 2:
+        return keys.new_zeros((), dtype=torch.float32)
+    keys = keys.float()
+    real = labels != -100
+    mean = keys[real].mean(0)
+    k = torch.nn.functional.normalize(keys[rows, pos] - mean, dim=-1)
+    cos = k @ k.T
+    other = subj[:, None] != subj[None, :]
+    return (cos[other] ** 2).mean() if other.any() else cos.new_zeros(())
 
 
 def _accuracy_tables(facts: list[Fact], probes: list[Probe], ok: list[bool]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ inbox (``worlds/inbox/``) holds real 2024–2025 changes of government as fact-c
 from __future__ import annotations
 
 import json
+import random
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +36,48 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None) -> FactS
             templates = spec["relations"][relation]
             facts.append(Fact(subject, relation, target, tuple(templates), f"{name}.json:{subject}"))
     return dedupe(facts, source=f"builtin:{name}" + (f"[:{subjects}]" if subjects else ""), records=min(len(spec["subjects"]), subjects or len(spec["subjects"])))
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "del", "qu", "bar", "nis", "ol", "tra", "fen", "gor",
+              "lim", "pa", "zu", "ek", "dan", "mar", "vel", "shi", "no", "ru", "tal", "bo", "ser", "ith", "an")
+SYNTHETIC_RELATIONS = ("capital", "currency", "official_language")
+
+
+def synthetic_facts(subjects: int, seed: int = 0, relations: tuple[str, ...] = SYNTHETIC_RELATIONS) -> FactSet:
+    """A made-up world of ``subjects`` countries: invented names, phrasings of the built-in world.
+
+    Any size, the same for the same arguments, and unknown to every other model: for tests and benchmarks
+    that need more subjects than the built-in world has (a MEMIT batch of 50 distinct subjects with other
+    subjects left to check). Capitals are unique; currencies and languages are shared, as real ones are.
+    """
+    if subjects < 1:
+        raise ValueError(f"subjects: expected at least 1, got {subjects}")
+    spec = json.loads((_world_dir() / f"{BUILTIN_WORLD}.json").read_text(encoding="utf-8"))
+    unknown = [r for r in relations if r not in SYNTHETIC_RELATIONS]
+    if unknown:
+        raise ValueError(f"relations: unknown {unknown}; known: {list(SYNTHETIC_RELATIONS)}")
+    rng = random.Random(f"synthetic:{seed}")
+    used: set[str] = set()
+
+    def name(parts: int, suffix: str = "") -> str:
+        while True:
+            w = "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize() + suffix
+            if w.lower() not in used:
+                used.add(w.lower())
+                return w
+
+    currencies = [f"{name(2).lower()} {rng.choice(['crown', 'mark', 'dinar', 'franc', 'peso'])}"
+                  for _ in range(max(3, subjects // 3))]
+    languages = [name(2, "ish") for _ in range(max(3, subjects // 4))]
+    facts = []
+    for _ in range(subjects):
+        subject = name(rng.choice([2, 3]), rng.choice(["ia", "land", "stan", "a", ""]))
+        objects = {"capital": name(rng.choice([2, 3])), "currency": rng.choice(currencies),
+                   "official_language": rng.choice(languages)}
+        for relation in relations:
+            facts.append(Fact(subject, relation, objects[relation], tuple(spec["relations"][relation]),
+                              f"synthetic:{subject}"))
+    return dedupe(facts, source=f"synthetic:{subjects}:{seed}", records=subjects)
 
 
 def example_inbox() -> Path:
