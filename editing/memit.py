@@ -42,6 +42,13 @@ def layer_update(resid: torch.Tensor, K: torch.Tensor, cov: torch.Tensor, lam: f
     """
     Kd = K.double()
     A = lam * cov.double() + Kd @ Kd.T  # (d_k, d_k), symmetric positive definite when C is
+    # A unit that was exactly 0 for every statistics token and every request (a dead GELU: its output
+    # underflows to 0) gives a zero row and column: no key has a component there, so any value on the
+    # diagonal leaves ΔW unchanged. 1 makes the system solvable.
+    dead = A.diagonal() == 0
+    if dead.any():
+        log.debug("%d key units are 0 for every statistics token and request", int(dead.sum()))
+        A = A + torch.diag(dead.double())
     V = torch.linalg.solve(A, Kd)  # (d_k, n)
     return D.LayerDelta(resid.double().float(), V.float())
 

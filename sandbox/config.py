@@ -13,8 +13,19 @@ Why this shape (see README, "The sandbox model"):
     at all. Whatever the model knows about the subject must then pass through the subject's last token,
     after its first ``hide_layers`` MLPs: those MLPs are where facts are stored, and the layers to edit.
 * The saved model is an ordinary ``GPT2LMHeadModel``; the mask exists only while training.
-* ``n_inner`` (MLP width) is the key space of an edit: 512 keys for a few hundred subjects worked in the
-  probe (1,120 facts learned, ROME efficacy 100 % at layer 0).
+* ``hide_layers = 2`` and the edited layer is 1 (``hide_layers - 1``), not 0: a layer-0 key is little more
+  than the subject's last token embedding, so subjects that share a last token or look alike share keys,
+  and an edit of one leaks into the others. One MLP later the keys are the subject's own.
+* ``key_decorrelation`` penalises, while training, the mean squared cosine between different subjects'
+  keys at the edited layer. A rank-one edit moves every key in proportion to its C⁻¹-weighted overlap
+  with the edited key; without the penalty the raw cosine between subjects' layer-1 keys was 0.58 and 20
+  sequential ROME edits kept 38 % of the other subjects' facts; with it, 0.005 and 100 % (30-country
+  world, README "The sandbox model").
+* ``key_alignment`` penalises (1 - cosine) between one subject's keys in two sentences of a batch, so the
+  key does not depend on the words before the subject. Without it, an edit made with "The capital of {}"
+  reached "{}'s capital city is" for 60 % of 20 edits; with it, 90 % (and training converged sooner).
+* ``n_embd = 256``, ``n_inner = 1024`` (MLP width = the key space of an edit): at 128/512 the penalty
+  cannot separate the keys (C⁻¹ leak 0.12 against 0.05) and 20 edits still collapse the model.
 """
 
 from __future__ import annotations
@@ -27,9 +38,9 @@ from typing import Any
 class SandboxConfig:
     # --- model (GPT-2 architecture) ---
     n_layer: int = 4  # transformer blocks; facts are stored in the first `hide_layers`, read later
-    n_embd: int = 128  # residual width
+    n_embd: int = 256  # residual width
     n_head: int = 4
-    n_inner: int = 512  # MLP width = width of the keys ROME/MEMIT edit
+    n_inner: int = 1024  # MLP width = width of the keys ROME/MEMIT edit
     n_positions: int = 128  # context length; training packs sentences into sequences this long
     vocab_size: int = 4096  # upper bound: BPE stops merging earlier on a small corpus
     # --- training ---
@@ -42,10 +53,11 @@ class SandboxConfig:
     weight_decay: float = 0.01
     # --- editability recipe ---
     mask_fraction: float = 0.8  # share of sentences trained with the subject-hiding mask
-    hide_layers: int = 1  # first layers where post-subject tokens cannot see the subject at all
+    hide_layers: int = 2  # first layers where post-subject tokens cannot see the subject at all
     profile_lines: int = 6  # "<subject>: <objects>." lines per subject and epoch, reshuffled each time
     heldout_fraction: float = 0.5  # share of each relation's facts whose last phrasing is held out
-    key_decorrelation: float = 0.0  # weight of a penalty on the cosine between different subjects' keys
+    key_decorrelation: float = 1.0  # weight of a penalty on the cosine between different subjects' keys
+    key_alignment: float = 1.0  # weight of a penalty on 1 - cosine between one subject's keys in two sentences
     # --- machine ---
     threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
     eval_every: int = 10  # epochs between accuracy checks on the progress bar
@@ -68,8 +80,9 @@ class SandboxConfig:
         for name in ("mask_fraction", "heldout_fraction", "warmup", "decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"sandbox config '{name}': expected a value in [0, 1], found {getattr(self, name)}")
-        if self.key_decorrelation < 0:
-            raise ValueError(f"sandbox config 'key_decorrelation': expected a value >= 0, found {self.key_decorrelation}")
+        for name in ("key_decorrelation", "key_alignment"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sandbox config '{name}': expected a value >= 0, found {getattr(self, name)}")
         for name in ("epochs", "batch_size", "threads", "n_positions", "vocab_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sandbox config '{name}': expected a positive value, found {getattr(self, name)}")
@@ -89,8 +102,8 @@ class SandboxConfig:
 # Presets. `tiny` is for tests (≈ 100–250 facts in under a minute); `demo` trains longer for better
 # locality (a shorter schedule hurts how many other facts survive an edit).
 PRESETS: dict[str, SandboxConfig] = {
-    "tiny": SandboxConfig(epochs=80, min_steps=400),
-    "demo": SandboxConfig(epochs=120, min_steps=1000),
+    "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
+    "demo": SandboxConfig(epochs=120, min_steps=1000, threads=2),
 }
 
 

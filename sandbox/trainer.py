@@ -28,7 +28,7 @@ from .facts import Fact, FactSet, Probe, split_probes
 
 log = logging.getLogger(__name__)
 
-SANDBOX_VERSION = 2  # bump when the training recipe changes what a (facts, config, seed) builds
+SANDBOX_VERSION = 3  # bump when the training recipe changes what a (facts, config, seed) builds
 MANIFEST = "sandbox.json"
 FACTS_FILE = "facts.jsonl"
 
@@ -52,11 +52,36 @@ def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
         "config": config.to_dict(),
         "seed": seed,
         "sandbox_version": SANDBOX_VERSION,
+        "bf16": fast_bf16(),  # the precision trained in changes the weights
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def model_facts(path: str | Path) -> list[Fact]:
+    """The facts a built sandbox at ``path`` was trained on (its ``facts.jsonl``), in training order."""
+    out = []
+    for line in (Path(path) / FACTS_FILE).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.append(Fact(r["subject"], r["relation"], r["target"], tuple(r["prompts"])))
+    return out
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), so that training autocasts to it.
+
+    Where it does, bf16 autocast trained about 2x faster than float32; where it does not (AVX2 only), torch
+    emulates it and a 256 x 1024 matmul ran 40x slower than in float32 (../shared/FINDINGS.md, README).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    words = set(flags.split())
+    return bool({"avx512_bf16", "amx_bf16"} & words)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
@@ -260,6 +285,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     sample = random.Random(f"eval:{seed}").sample(train_probes, min(256, len(train_probes)))
     emit({"event": "start", "total_steps": total, "epochs": epochs, "facts": len(facts_list)})
 
+    bf16 = fast_bf16()
     holder: dict[str, Any] = {}
     key_layer = model.transformer.h[config.hide_layers - 1].mlp.c_proj  # the layer the editors rewrite
     captured: dict[str, torch.Tensor] = {}
@@ -283,10 +309,11 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                 holder["early"] = early
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, total, config)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=late, labels=labels).loss
-                if config.key_decorrelation:
-                    loss = loss + config.key_decorrelation * _key_overlap(captured.pop("keys"), labels, batch)
+                if config.key_decorrelation or config.key_alignment:
+                    overlap, spread = _key_geometry(captured.pop("keys"), labels, batch)
+                    loss = loss + config.key_decorrelation * overlap + config.key_alignment * spread
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -344,7 +371,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
                   "knowledge_layers": list(range(config.hide_layers)), "edit_layer": config.hide_layers - 1},
         "train": {"steps": total, "epochs": epoch, "seconds": round(train_seconds, 2), "final_loss": loss_val,
-                  "threads": config.threads, "sentences_per_epoch": len(fixed)},
+                  "threads": config.threads, "bf16_autocast": bf16, "sentences_per_epoch": len(fixed)},
         "accuracy": accuracy,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
@@ -354,28 +381,35 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     emit({"event": "done", "accuracy": accuracy["train"], "heldout": accuracy["heldout"]})
 
 
-def _key_overlap(keys, labels, packs) -> "torch.Tensor":
-    """Mean squared cosine between different subjects' keys (subject's last token, edited layer).
+def _key_geometry(keys, labels, packs) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Two penalties on the keys at the edited layer (the subject's last token, input of ``c_proj``).
 
-    Keys are centred on the mean key of the batch's real tokens: the shared part is what the covariance
-    adjustment of ROME/MEMIT already discounts. A model trained with this penalty stores each subject's
-    facts under a key of its own, so a rank-one edit of one subject barely reaches the others, as in large
-    pretrained models whose keys are high-dimensional and nearly orthogonal.
+    ``overlap``: mean squared cosine between different subjects' keys. ``spread``: mean (1 - cosine)
+    between one subject's keys in two sentences of the batch. Keys are centred on the mean key of the batch's
+    real tokens: the shared part is what the covariance adjustment of ROME/MEMIT already discounts. A model
+    trained with both stores each subject's facts under one key of its own, whatever the words around the
+    subject: a rank-one edit of one subject then barely reaches the others, and reaches the subject in every
+    phrasing, as in large pretrained models whose subject keys are high-dimensional and nearly orthogonal.
     """
     import torch
 
     from .corpus import subject_ends
 
+    zero = keys.new_zeros((), dtype=torch.float32)
     rows, pos, subj = subject_ends(packs)
     if len(rows) < 2:
-        return keys.new_zeros((), dtype=torch.float32)
+        return zero, zero
     keys = keys.float()
     real = labels != -100
     mean = keys[real].mean(0)
     k = torch.nn.functional.normalize(keys[rows, pos] - mean, dim=-1)
     cos = k @ k.T
-    other = subj[:, None] != subj[None, :]
-    return (cos[other] ** 2).mean() if other.any() else cos.new_zeros(())
+    same = subj[:, None] == subj[None, :]
+    other = ~same
+    same &= ~torch.eye(len(subj), dtype=torch.bool)
+    overlap = (cos[other] ** 2).mean() if other.any() else zero
+    spread = (1 - cos[same]).mean() if same.any() else zero
+    return overlap, spread
 
 
 def _accuracy_tables(facts: list[Fact], probes: list[Probe], ok: list[bool]) -> dict[str, Any]:

@@ -52,3 +52,4 @@ def tiny_build(home: Path):
     facts = world_facts(subjects=TINY_SUBJECTS)
     return build_sandbox(facts, home / "models" / "tiny", preset("tiny"), seed=0, preset_name="tiny",
                          cache_dir=home / "cache" / "sandbox")
+

@@ -1,5 +1,5 @@
 """Causal tracing: shapes, hooks, the restoration property, determinism, errors; the sandbox's facts in
-layer 0's MLP at the subject's last token; the ``factsmith locate`` command."""
+the first two layers' MLPs at the subject's last token; the ``factsmith locate`` command."""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def test_cli_subject_absent_exits_2(tiny_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# the sandbox: trained so that facts sit in layer 0's MLP at the subject's last token
+# the sandbox: trained so that facts sit in the MLPs of its first two layers at the subject's last token
 
 
 def _sandbox(tiny_build):
@@ -263,21 +263,22 @@ def _sandbox(tiny_build):
 
 
 @pytest.mark.slow
-def test_sandbox_facts_live_in_the_layer_0_mlp_at_the_subject_last_token(tiny_build):
+def test_sandbox_facts_live_in_the_first_two_mlps_at_the_subject_last_token(tiny_build):
     model, tok = _sandbox(tiny_build)
+    knowledge = tiny_build.manifest["model"]["knowledge_layers"]
+    assert knowledge == [0, 1]
     r = trace_subject(model, tok, "The capital of {} is", "France")
-    assert r.answer.strip() == "Paris" and r.clean_p > 0.5 and r.corrupted_p < 0.1
-    mlp = r.at_subject_last("mlp")
+    assert r.answer.strip() == "Paris" and r.clean_p > 0.5 and r.corrupted_p < r.clean_p - 0.3
     assert r.best_layer("mlp") == 0
-    # a clear signal, not a tie in the noise: layer 0 gives back more than twice any other layer's gain
-    gains = [p - r.corrupted_p for p in mlp]
-    assert gains[0] > 0.1 and gains[0] > 2 * max(gains[1:])
-    # and for every fact of a few subjects (main phrasing, the trained target)
+    # for every fact of a few subjects (main phrasing, the trained target): the best layer to restore is
+    # a knowledge layer; the edited layer (1) gives back a clear share; the later layers give back nothing
     rows = [json.loads(x) for x in (tiny_build.path / "facts.jsonl").read_text().splitlines() if x]
     rows = [f for f in rows if f["subject"] is not None][:20]
-    best = [trace_subject(model, tok, f["prompts"][0], f["subject"], f["target"], samples=5).best_layer("mlp")
-            for f in rows]
-    assert best == [0] * len(rows), list(zip([f["prompts"][0] for f in rows], best))
+    traces = [trace_subject(model, tok, f["prompts"][0], f["subject"], f["target"], samples=5) for f in rows]
+    gains = [[p - t.corrupted_p for p in t.at_subject_last("mlp")] for t in traces]
+    assert all(t.best_layer("mlp") in knowledge for t in traces), [t.best_layer("mlp") for t in traces]
+    assert sum(g[1] for g in gains) / len(gains) > 0.05
+    assert max(max(g[2:]) for g in gains) < 0.05, gains
 
 
 @pytest.mark.slow
