@@ -76,6 +76,7 @@ class MemitHparams:
     target: TargetHparams = field(default_factory=TargetHparams)
     stats: StatsHparams = field(default_factory=StatsHparams)
     mom2_update_weight: float = 15000.0  # λ in (λ C + K Kᵀ); does not transfer across widths
+    ridge: float = 1e-4  # C + ridge · tr(C)/d · I: bounds C⁻¹ where the corpus barely reaches a key
     batched_targets: bool = True  # optimise all target vectors of a batch together
 
     method = "memit"

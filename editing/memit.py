@@ -35,13 +35,19 @@ from .targets import keys, optimize_targets, outputs_at_subject
 log = logging.getLogger(__name__)
 
 
-def layer_update(resid: torch.Tensor, K: torch.Tensor, cov: torch.Tensor, lam: float) -> D.LayerDelta:
+def layer_update(resid: torch.Tensor, K: torch.Tensor, cov: torch.Tensor, lam: float,
+                 ridge: float = 0.0) -> D.LayerDelta:
     """ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹ as factors U = R (d, n), V = (λ C + K Kᵀ)⁻¹ K (d_k, n); float64 solve.
 
-    resid: (d, n), K: (d_k, n), cov: (d_k, d_k).
+    resid: (d, n), K: (d_k, n), cov: (d_k, d_k). ``ridge`` adds ridge · tr(C)/d to C's diagonal: a key with a
+    component where the corpus has almost no variance (a subject the corpus rarely names) would otherwise
+    see C⁻¹ blow that component up, and the update reach every other key that shares the direction.
     """
     Kd = K.double()
-    A = lam * cov.double() + Kd @ Kd.T  # (d_k, d_k), symmetric positive definite when C is
+    C = cov.double()
+    if ridge:
+        C = C + ridge * (torch.trace(C) / C.shape[0]) * torch.eye(C.shape[0], dtype=C.dtype)
+    A = lam * C + Kd @ Kd.T  # (d_k, d_k), symmetric positive definite when C is
     # A unit that was exactly 0 for every statistics token and every request (a dead GELU: its output
     # underflows to 0) gives a zero row and column: no key has a component there, so any value on the
     # diagonal leaves ΔW unchanged. 1 makes the system solvable.
@@ -95,7 +101,7 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitH
             z_now = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d)
             t2 = time.perf_counter()
             resid = (z - z_now).T / (len(hp.layers) - i)  # (d, n) this layer's share
-            ld = layer_update(resid, K, covs[layer], hp.mom2_update_weight)
+            ld = layer_update(resid, K, covs[layer], hp.mom2_update_weight, hp.ridge)
             t3 = time.perf_counter()
             layers[name] = ld
             applied.append(D.apply(model, D.Delta({name: ld})))  # later layers see this update

@@ -28,9 +28,10 @@ from .facts import Fact, FactSet, Probe, split_probes
 
 log = logging.getLogger(__name__)
 
-SANDBOX_VERSION = 3  # bump when the training recipe changes what a (facts, config, seed) builds
+SANDBOX_VERSION = 4  # bump when the training recipe changes what a (facts, config, seed) builds
 MANIFEST = "sandbox.json"
 FACTS_FILE = "facts.jsonl"
+STATS_CORPUS = "stats_corpus.txt"  # the training text, for the editors' covariance statistics
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -346,6 +347,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
             rec = f.to_json()
             rec["heldout_phrasings"] = [p.phrasing for p in probes if p.fact == i and p.heldout]
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    _write_stats_corpus(out / STATS_CORPUS, [t for t, _, _ in train_rows], facts_list, seed)
     import tokenizers
     import transformers
 
@@ -366,6 +368,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
             "duplicates_collapsed": facts.duplicates,
             "conflicts_dropped": len(facts.conflicts),
             "file": FACTS_FILE,
+            "stats_corpus": STATS_CORPUS,
         },
         "tokenizer": {"vocab_size": len(tokenizer)},
         "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
@@ -379,6 +382,22 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     emit({"event": "done", "accuracy": accuracy["train"], "heldout": accuracy["heldout"]})
+
+
+def _write_stats_corpus(path: Path, sentences: list[str], facts: list[Fact], seed: int) -> None:
+    """The training text (sentences and one round of profile lines, shuffled) as paragraphs of six sentences.
+
+    ROME and MEMIT estimate C = E[k kᵀ] on text like the model's training data (Wikipedia for GPT-2). Text the
+    sandbox samples itself is a poor stand-in on a made-up world: it invents new names, and C then misses the
+    real subjects' keys.
+    """
+    from . import corpus
+
+    rng = random.Random(f"stats:{seed}")
+    rows = list(sentences) + [t for t, _, _ in corpus.profiles(facts, rng)]
+    rng.shuffle(rows)
+    paragraphs = [" ".join(rows[i:i + 6]) for i in range(0, len(rows), 6)]
+    path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
 
 
 def _key_geometry(keys, labels, packs) -> tuple["torch.Tensor", "torch.Tensor"]:

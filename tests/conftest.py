@@ -53,3 +53,16 @@ def tiny_build(home: Path):
     return build_sandbox(facts, home / "models" / "tiny", preset("tiny"), seed=0, preset_name="tiny",
                          cache_dir=home / "cache" / "sandbox")
 
+
+# A MEMIT batch of 50 needs 50 distinct subjects and others left to check: a made-up world of 60 countries.
+SYNTHETIC_SUBJECTS = 60
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(home: Path):
+    """The tiny preset (600 steps) on 60 made-up countries x 3 relations, built once per session (cached)."""
+    from sandbox import build_sandbox, preset, synthetic_facts
+
+    facts = synthetic_facts(SYNTHETIC_SUBJECTS)
+    return build_sandbox(facts, home / "models" / "synthetic", preset("tiny", min_steps=600), seed=0,
+                         preset_name="tiny", cache_dir=home / "cache" / "sandbox")

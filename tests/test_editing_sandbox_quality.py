@@ -1,4 +1,4 @@
-"""Edit quality on the trained tiny sandbox (issue 3): 20 sequential ROME edits.
+"""Edit quality on trained sandboxes (issue 3): 20 sequential ROME edits and a MEMIT batch of 50.
 
 Each edit moves a subject's capital to another subject's capital (a name the model knows). Measured as
 CounterFact does (p_new > p_true by mean per-token NLL) on the main phrasing (efficacy) and on the other
@@ -61,7 +61,7 @@ def _quality(model, tok, requests, others_before, others):
     }
 
 
-def _run(build, method: str, n: int, store_dir):
+def _run(build, method: str, n: int, store_dir, corpus_files=None):
     from sandbox.trainer import model_facts
 
     model, tok = _load(build.path)
@@ -72,7 +72,7 @@ def _run(build, method: str, n: int, store_dir):
     others_before = score_targets(model, tok, [f.render(0) for f in others], [f.target for f in others])
     hp = H.default(method, "sandbox")
     h0 = weights_sha256(model)
-    result = compute_edit(model, tok, requests, hp, Store(store_dir))
+    result = compute_edit(model, tok, requests, hp, Store(store_dir), corpus_files=corpus_files)
     assert weights_sha256(model) == h0  # computing never changes the model
     applied = apply(model, result.delta)
     try:
@@ -92,3 +92,16 @@ def test_rome_20_sequential_edits_on_the_tiny_sandbox(tiny_build, tmp_path):
     assert q["paraphrase"] >= 0.8, q
     assert q["others_kept"] >= 0.95, q
 
+
+
+def test_memit_batch_of_50_on_a_synthetic_sandbox(synthetic_build, tmp_path):
+    from sandbox.trainer import STATS_CORPUS
+
+    # statistics on the sandbox's training text, as MEMIT's on GPT-2's (text the model samples itself
+    # invents new made-up names here; README, "The editing engine")
+    q = _run(synthetic_build, "memit", 50, tmp_path / "store", corpus_files=[synthetic_build.path / STATS_CORPUS])
+    assert q["others_known"] >= 20
+    assert q["efficacy"] >= 0.95, q
+    assert q["efficacy_top1"] >= 0.9, q
+    assert q["paraphrase"] >= 0.8, q
+    assert q["others_kept"] >= 0.95, q
