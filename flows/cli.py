@@ -308,6 +308,14 @@ def _check_method(method: Optional[str]) -> None:
         raise ValueError(f"--method: expected rome or memit, found {method!r}")
 
 
+def _model_corpus(model_dir: Path) -> list[Path] | None:
+    """The statistics corpus a model directory ships (a sandbox's training text), if any."""
+    from sandbox.trainer import STATS_CORPUS
+
+    f = model_dir / STATS_CORPUS
+    return [f] if f.is_file() else None
+
+
 def _check_files(paths: list[Path], what: str) -> None:
     """Fail before the model loads when an input file is missing."""
     from editing.stats import CorpusError
@@ -466,7 +474,9 @@ def edit(
                              "directory with delta.safetensors and edit.json)."),
     corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Text (.txt, blank-line paragraphs) or "
                                                 "JSONL ('text') file for the covariance statistics; repeatable. "
-                                                "Default: text sampled from the model itself."),
+                                                "Default: the model directory's stats_corpus.txt (a sandbox "
+                                                "ships its training text there), else text sampled from the "
+                                                "model itself."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists and is not empty."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -494,6 +504,7 @@ def edit(
             check_distinct(requests)  # before the statistics, not after
         hp, hp_path = (None, None) if hparams_file is None else _hparams_for(method, hparams_file, model_dir, None)
         _check_files(list(corpus or []), "corpus")
+        corpus = corpus or _model_corpus(model_dir)
         timings: dict[str, float] = {}
         console = _stderr()
         with _Phases(console) as phases:
@@ -531,7 +542,9 @@ def edit(
                 model.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 result.delta.save(tmp / "delta.safetensors")
-                for name in ("facts.jsonl", "sandbox.json"):  # a sandbox stays inspectable (sandbox show)
+                from sandbox.trainer import FACTS_FILE, MANIFEST, STATS_CORPUS
+
+                for name in (FACTS_FILE, MANIFEST, STATS_CORPUS):  # an edited sandbox stays a sandbox
                     if (model_dir / name).is_file():
                         shutil.copy2(model_dir / name, tmp / name)
                 timings["write"] = time.perf_counter() - t0
@@ -639,7 +652,8 @@ def stats(
     hparams_file: Optional[Path] = typer.Option(None, "--hparams", help="Hyperparameter YAML. Default: the "
                                                 "shipped one for the method and the model's family."),
     corpus: Optional[list[Path]] = typer.Option(None, "--corpus", help="Text (.txt) or JSONL ('text') corpus "
-                                                "file; repeatable. Default: text sampled from the model itself."),
+                                                "file; repeatable. Default: the model directory's "
+                                                "stats_corpus.txt, else text sampled from the model itself."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Corpus samples (overrides the hparams' "
                                           "stats.mom2_samples)."),
     as_json: bool = JsonOpt,
@@ -660,6 +674,7 @@ def stats(
         hp, hp_path = (None, None) if hparams_file is None else _hparams_for(method, hparams_file, model_dir, None)
         wanted = _parse_layers(layers) if layers is not None else None
         _check_files(list(corpus or []), "corpus")
+        corpus = corpus or _model_corpus(model_dir)
         with _Phases(_stderr()) as phases:
             phases.start(f"loading {model_dir}")
             model, tok = _load_model(model_dir)

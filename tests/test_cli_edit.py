@@ -294,5 +294,9 @@ def test_rome_on_the_sandbox_with_the_shipped_hparams(tmp_path, tiny_build):
     assert res["hparams"].endswith("rome-sandbox.yaml")
     (q,) = res["requests"]
     assert q["success"] is True and q["p_new_after"] > q["p_true_after"], q
-    # a sandbox stays a sandbox: its facts and manifest come along
+    # a sandbox stays a sandbox: its facts, manifest and statistics corpus come along
     assert (out / "facts.jsonl").is_file() and (out / "sandbox.json").is_file()
+    assert (out / "stats_corpus.txt").read_bytes() == (tiny_build.path / "stats_corpus.txt").read_bytes()
+    # and its training text, not text the model samples, is the default statistics corpus
+    meta = json.loads((out / "edit.json").read_text())
+    assert meta["stats_corpus"]["name"] == "stats_corpus.txt", meta["stats_corpus"]
