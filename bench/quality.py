@@ -63,6 +63,7 @@ def main() -> None:
     from editing.engine import compute_edit
     from editing.hparams import to_dict
     from editing.store import Store
+    from sandbox.trainer import model_corpus
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -76,6 +77,7 @@ def main() -> None:
     print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
     store = Store(args.cache if args.cache is not None else C.home() / "cache")
     base_hash = D.weights_sha256(model)
+    corpus = model_corpus(model_dir)  # a sandbox's training text, as factsmith edit uses
 
     # Scores before any edit, once per request (every case edits a prefix of the same seeded order).
     before_cache: dict[str, dict[str, list]] = {}
@@ -95,7 +97,7 @@ def main() -> None:
             if phase == "stats_progress":
                 flag["computed"] = True
 
-        res = compute_edit(model, tok, batch, hp, store, on_event=on_event)
+        res = compute_edit(model, tok, batch, hp, store, corpus_files=corpus, on_event=on_event)
         stats_flag[0] += int(flag["computed"])
         t0 = time.perf_counter()
         applied = D.apply(model, res.delta)

@@ -65,6 +65,7 @@ def main() -> None:
     from editing.engine import compute_edit
     from editing.hparams import to_dict, with_changes
     from editing.store import Store
+    from sandbox.trainer import model_corpus
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -80,7 +81,7 @@ def main() -> None:
     base_hash = D.weights_sha256(model)
 
     def edit_and_score(batch, h, st):
-        res = compute_edit(model, tok, batch, h, st)
+        res = compute_edit(model, tok, batch, h, st, corpus_files=model_corpus(model_dir))
         applied = D.apply(model, res.delta)
         try:
             after = C.merge_scores(C.score(model, tok, batch))

@@ -309,11 +309,9 @@ def _check_method(method: Optional[str]) -> None:
 
 
 def _model_corpus(model_dir: Path) -> list[Path] | None:
-    """The statistics corpus a model directory ships (a sandbox's training text), if any."""
-    from sandbox.trainer import STATS_CORPUS
+    from sandbox.trainer import model_corpus
 
-    f = model_dir / STATS_CORPUS
-    return [f] if f.is_file() else None
+    return model_corpus(model_dir)
 
 
 def _check_files(paths: list[Path], what: str) -> None:

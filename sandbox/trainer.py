@@ -61,6 +61,12 @@ def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def model_corpus(path: str | Path) -> list[Path] | None:
+    """The statistics corpus a model directory ships (a sandbox's training text), or None if it has none."""
+    f = Path(path) / STATS_CORPUS
+    return [f] if f.is_file() else None
+
+
 def model_facts(path: str | Path) -> list[Fact]:
     """The facts a built sandbox at ``path`` was trained on (its ``facts.jsonl``), in training order."""
     out = []
