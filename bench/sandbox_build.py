@@ -3,7 +3,8 @@
     python -m bench.sandbox_build [--only tiny,demo,counterfact] [--out bench/results/sandbox_build.json]
 
 Builds without the cache (every row is a real training run) into a temporary directory; prints a table
-and writes JSON. The CounterFact row needs ../shared/data (skipped where absent).
+and writes JSON. ``--keep`` then stores each build in the sandbox cache (FACTSMITH_HOME/cache/sandbox) under
+its build key, where bench/quality.py and bench/speed.py find it instead of training again. The CounterFact row needs ../shared/data (skipped where absent).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +37,13 @@ def main() -> None:
     ap.add_argument("--only", default="tiny,demo,counterfact")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sandbox_build.json")
+    ap.add_argument("--keep", action="store_true", help="store each build in the sandbox cache (where the "
+                    "editing benchmarks look for it)")
     args = ap.parse_args()
     from sandbox import build_sandbox, preset
+    from sandbox.trainer import _atomic_dir, read_manifest
+
+    from bench._common import home
 
     rows = []
     wanted = set(args.only.split(","))
@@ -48,6 +55,11 @@ def main() -> None:
             t0 = time.perf_counter()
             r = build_sandbox(facts, Path(tmp) / "m", preset(preset_name), seed=args.seed, preset_name=preset_name)
             wall = time.perf_counter() - t0
+            if args.keep:
+                entry = home() / "cache" / "sandbox" / r.manifest["key"]
+                if read_manifest(entry) is None:
+                    _atomic_dir(entry, lambda tmp_dir: shutil.copytree(r.path, tmp_dir, dirs_exist_ok=True))
+                print(f"{name}: kept in {entry}", flush=True)
         m = r.manifest
         row = {
             "case": name, "what": what, "preset": preset_name, "facts": m["facts"]["facts"],

@@ -800,6 +800,89 @@ def _print_locate(result, trace_json: Path, pngs: dict[str, Path]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# validate
+
+EXIT_UNREADABLE = 3
+
+
+@app.command()
+def validate(
+    files: list[Path] = typer.Argument(..., help="Request files (native JSONL/CSV, CounterFact, zsRE, MQuAKE)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Force the format: native, csv, counterfact, "
+                                      "counterfact-flat, zsre, mquake (default: detected from each file)."),
+    policy: str = typer.Option("reject", "--policy", help="Requests with different targets for one fact: "
+                               "'reject' quarantines them all, 'latest-wins' keeps the latest requested_at."),
+    quarantine: Optional[Path] = typer.Option(None, "--quarantine", help="Append quarantined rows to this JSONL "
+                                              "(default FACTSMITH_HOME/quarantine/quarantine.jsonl)."),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="Great Expectations data docs directory "
+                                        "(default FACTSMITH_HOME/validation/docs)."),
+    no_docs: bool = typer.Option(False, "--no-docs", help="Do not write data docs."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Validate request files with Great Expectations: accepted, quarantined (with reasons), superseded.
+
+    Exit 0 when every row is valid, 2 when some rows were quarantined, 3 when a file cannot be read at all."""
+    from flows import settings
+
+    with _errors(as_json):
+        from validation.conflicts import POLICIES
+        from validation.formats import FORMATS
+
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"--policy: expected one of {', '.join(POLICIES)}, found {policy!r}")
+    from validation.validate import validate_files, write_quarantine
+
+    docs_dir = None if no_docs else (docs or settings.home() / "validation" / "docs")
+    report = validate_files(files, fmt=fmt, policy=policy, docs_dir=docs_dir)
+    qpath = None
+    if report.quarantined:
+        qpath = write_quarantine(report.quarantined, quarantine or settings.home() / "quarantine" / "quarantine.jsonl")
+    code = EXIT_UNREADABLE if report.unreadable else (EXIT_BAD_INPUT if report.quarantined else 0)
+    if as_json:
+        emit_json({"ok": code == 0, **report.to_json(), "quarantine_file": str(qpath) if qpath else None,
+                   "exit_code": code})
+    else:
+        _print_validation(report, qpath)
+    raise typer.Exit(code)
+
+
+def _print_validation(report, qpath: Optional[Path]) -> None:
+    from rich.table import Table
+
+    err = _stderr()
+    for u in report.unreadable:
+        err.print(f"[bold red]error:[/] {u['error']}", highlight=False)
+    c = report.counts()
+    t = Table(title="Validation", title_justify="left")
+    for col in ("file", "format", "rows"):
+        t.add_column(col, justify="right" if col == "rows" else "left")
+    for f in report.files:
+        t.add_row(f["file"], f["format"], str(f["rows"]))
+    out = _stdout()
+    if report.files:
+        out.print(t)
+    out.print(f"accepted {c['accepted']} · quarantined {c['quarantined']} · superseded {c['superseded']}"
+              + (f" · unreadable files {c['unreadable_files']}" if c["unreadable_files"] else ""), highlight=False)
+    if report.quarantined:
+        q = Table(title="Quarantined", title_justify="left")
+        for col in ("where", "id", "field", "reason"):
+            q.add_column(col, overflow="fold")
+        for row in report.quarantined[:50]:
+            p = row.problems[0]
+            q.add_row(row.origin.where(), row.id or "", p.field, row.reason)
+        out.print(q)
+        if len(report.quarantined) > 50:
+            out.print(f"... and {len(report.quarantined) - 50} more", highlight=False)
+        out.print(f"Quarantine records: {qpath}", highlight=False)
+    for s in report.superseded[:20]:
+        out.print(f"superseded: {s.request.id} — {s.reason}", highlight=False)
+    if report.docs:
+        out.print(f"Data docs: {report.docs}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------
 # demo
 
 

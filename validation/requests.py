@@ -1,0 +1,159 @@
+"""The one request model of factsmith, and where each request came from.
+
+Every input format (native JSONL / CSV, CounterFact in both layouts, zsRE, MQuAKE) is parsed by
+:mod:`validation.formats` into :class:`Row` objects: the normalised fields of one request plus its origin
+(file, line, record) and the raw record. Validation (:mod:`validation.validate`) then turns each row into an
+accepted :class:`Request` or a :class:`Quarantined` entry with its reason. Nothing is dropped: a line that is
+not even JSON becomes a quarantined entry too.
+
+A request's ``content_hash`` identifies what it asks (subject, prompt, targets), not who asked or when:
+the flows use it to skip requests the ledger has already applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# The scalar text fields of a request, in the order of the native JSONL contract (../shared/DESIGN.md).
+TEXT_FIELDS = ("id", "subject", "prompt", "target_new", "target_true", "relation", "source", "requested_by",
+               "reason", "requested_at")
+REQUIRED_FIELDS = ("id", "subject", "prompt", "target_new")
+# Probe lists: full prompts (subject filled in); neighbours and portability probes carry their expected answer.
+LIST_FIELDS = ("paraphrase_prompts", "neighborhood_prompts", "portability_prompts")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a row came from: the file, its 1-based line (where the record starts) and record index."""
+
+    file: str
+    line: int
+    record: int  # 0-based index of the row in the file (an MQuAKE record with 3 rewrites gives 3 rows)
+    format: str
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a row cannot be accepted: the field, the expectation it failed, and a sentence."""
+
+    field: str
+    expectation: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"field": self.field, "expectation": self.expectation, "reason": self.reason}
+
+
+@dataclass
+class Row:
+    """One parsed record: normalised fields (``None`` where absent), or the problems that stopped parsing.
+
+    ``fields`` holds the TEXT_FIELDS as ``str | None`` and the LIST_FIELDS as tuples (of ``str`` for
+    paraphrases, of ``(prompt, target)`` pairs for neighbours and portability probes). ``problems`` lists
+    what the parser itself could not accept (not JSON, not an object, a field of the wrong type); such a
+    row is quarantined without being validated further.
+    """
+
+    origin: Origin
+    raw: Any  # the record as read (a dict, a list, or the text of a line that is not JSON)
+    fields: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Unique within one validation run (GX reports failing rows by it)."""
+        return f"{self.origin.file}#{self.origin.record}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """An accepted request: what to edit, how to probe it, and who asked."""
+
+    id: str
+    subject: str
+    prompt: str  # template with exactly one "{}"
+    target_new: str
+    target_true: str | None = None
+    relation: str | None = None
+    paraphrase_prompts: tuple[str, ...] = ()
+    neighborhood_prompts: tuple[tuple[str, str], ...] = ()  # (prompt, expected answer)
+    portability_prompts: tuple[tuple[str, str], ...] = ()  # MQuAKE multi-hop questions with the new answer
+    source: str | None = None
+    requested_by: str | None = None
+    reason: str | None = None
+    requested_at: str | None = None  # ISO 8601
+    origin: Origin | None = None
+
+    @property
+    def text(self) -> str:
+        return self.prompt.replace("{}", self.subject, 1)
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of what the request asks: subject, prompt template and targets (not its id or provenance)."""
+        payload = json.dumps([self.subject, self.prompt, self.target_new, self.target_true], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def fact_key(self) -> tuple[str, str]:
+        """The fact a request rewrites: (subject, relation), or (subject, prompt) when it names no relation."""
+        return (self.subject, self.relation or self.prompt)
+
+    def to_edit_request(self):
+        """The fields the editing engine needs (:class:`editing.requests.EditRequest`)."""
+        from editing.requests import EditRequest
+
+        return EditRequest(subject=self.subject, prompt=self.prompt, target_new=self.target_new,
+                           target_true=self.target_true, id=self.id, paraphrase_prompts=self.paraphrase_prompts,
+                           neighborhood_prompts=self.neighborhood_prompts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The native JSONL record (DESIGN.md), plus ``content_hash`` and ``origin``."""
+        out: dict[str, Any] = {"id": self.id, "subject": self.subject, "prompt": self.prompt,
+                               "target_new": self.target_new}
+        for name in ("target_true", "relation"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        out["paraphrase_prompts"] = list(self.paraphrase_prompts)
+        out["neighborhood_prompts"] = [{"prompt": p, "target": t} for p, t in self.neighborhood_prompts]
+        if self.portability_prompts:
+            out["portability_prompts"] = [{"prompt": p, "target": t} for p, t in self.portability_prompts]
+        for name in ("source", "requested_by", "reason", "requested_at"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        out["content_hash"] = self.content_hash
+        if self.origin is not None:
+            out["origin"] = {"file": self.origin.file, "line": self.origin.line, "format": self.origin.format}
+        return out
+
+    @classmethod
+    def from_row(cls, row: Row) -> "Request":
+        f = row.fields
+        return cls(**{k: f.get(k) for k in TEXT_FIELDS}, **{k: tuple(f.get(k) or ()) for k in LIST_FIELDS},
+                   origin=row.origin)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A row that was not accepted, with every reason found (the first one is the headline)."""
+
+    origin: Origin
+    raw: Any
+    problems: tuple[Problem, ...]
+    id: str | None = None
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(p.reason for p in self.problems)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.problems[0]
+        return {"file": self.origin.file, "line": self.origin.line, "record": self.origin.record,
+                "format": self.origin.format, "id": self.id, "field": first.field,
+                "expectation": first.expectation, "reason": self.reason,
+                "problems": [p.to_json() for p in self.problems], "raw": self.raw}
