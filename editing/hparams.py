@@ -246,3 +246,8 @@ def with_changes(hp: Hparams, **changes: Any) -> Hparams:
         top[group] = replace(getattr(hp, group), **vals)
     return replace(hp, **top)
 
+
+
+# Shared with other frozen, YAML-loaded settings (the gate policy of validation/): the same strictness.
+check_fields = _check
+from_mapping = _build

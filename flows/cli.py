@@ -883,6 +883,98 @@ def _print_validation(report, qpath: Optional[Path]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gate
+
+
+def _gate_requests(path: Path):
+    """The requests a gate checks: the file validated as ``factsmith validate`` does; any bad row is an error."""
+    from validation.validate import validate_files
+
+    rep = validate_files([path], policy="latest-wins")
+    if rep.unreadable:
+        raise ValueError(rep.unreadable[0]["error"])
+    if rep.quarantined:
+        q = rep.quarantined[0]
+        raise ValueError(f"{q.origin.where()}: field '{q.problems[0].field}': {q.reason} "
+                         f"({len(rep.quarantined)} row(s) quarantined; run factsmith validate {path})")
+    if not rep.accepted:
+        raise ValueError(f"{path}: no requests to gate")
+    return rep.accepted
+
+
+def protected_facts_file(given: Optional[Path]) -> Optional[Path]:
+    """``--protected FILE``, else FACTSMITH_HOME/protected_facts.jsonl when the operator keeps one."""
+    from flows import settings
+
+    if given is not None:
+        if not given.is_file():
+            raise ValueError(f"{given}: protected facts file not found")
+        return given
+    default = settings.home() / "protected_facts.jsonl"
+    return default if default.is_file() else None
+
+
+@app.command()
+def gate(
+    base: Path = typer.Option(..., "--base", help="The model before the edit (Hugging Face directory)."),
+    edited: Path = typer.Option(..., "--edited", help="The edited model (Hugging Face directory)."),
+    requests_file: Path = typer.Option(..., "--requests", help="The requests the edit applied (any request format)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Gate thresholds (YAML; default: built-in)."),
+    protected: Optional[Path] = typer.Option(None, "--protected", help="Protected facts JSONL (default "
+                                             "FACTSMITH_HOME/protected_facts.jsonl when present)."),
+    report: Path = typer.Option(..., "--report", help="Directory for gate.json, gate.md and gate.html."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Gate an edited model against its base: reliability, generalization, locality, fluency, norms.
+
+    Exit 0 when the gate passes, 1 when it fails, 2 on bad input."""
+    with _errors(as_json):
+        from validation.gate import load_policy
+        from validation.probes import fluency_text, load_protected, model_facts
+
+        policy = load_policy(policy_file)
+        prot_path = protected_facts_file(protected)
+        prot = load_protected(prot_path) if prot_path else []
+        reqs = _gate_requests(requests_file)
+        base_model, tok = _load_model(base)
+        edited_model, _ = _load_model(edited)
+    from validation.gate import run_gate
+    from validation.report import write_reports
+
+    res = run_gate(base_model, edited_model, tok, reqs, policy, protected=prot, pool=model_facts(base),
+                   text=fluency_text(base))
+    res.meta = {"base": str(base), "edited": str(edited), "requests_file": str(requests_file),
+                "policy_file": str(policy_file) if policy_file else None,
+                "protected_file": str(prot_path) if prot_path else None}
+    paths = write_reports(res, report)
+    if as_json:
+        emit_json({"ok": res.passed, **res.to_json(), "reports": {k: str(v) for k, v in paths.items()}})
+    else:
+        _print_gate(res, paths)
+    raise typer.Exit(0 if res.passed else EXIT_FAILED)
+
+
+def _print_gate(res, paths: dict) -> None:
+    from rich.table import Table
+
+    from validation.report import fmt, summary_rows
+
+    t = Table(title=f"Gate: {'PASSED' if res.passed else 'FAILED'} ({len(res.requests)} requests)",
+              title_justify="left")
+    for col in ("metric", "before", "after", "threshold", ""):
+        t.add_column(col, justify="left" if col in ("metric", "") else "right")
+    for r in summary_rows(res):
+        style = "bold red" if r["status"] == "FAIL" else None
+        t.add_row(r["label"], fmt(r["before"]), fmt(r["after"]), fmt(r["threshold"]), r["status"], style=style)
+    out = _stdout()
+    out.print(t)
+    for f in res.failures:
+        who = ", ".join(f["requests"]) or "the batch as a whole"
+        out.print(f"failed: {f['metric']} {fmt(f['value'])} against {fmt(f['threshold'])} — {who}", highlight=False)
+    out.print(f"Report: {paths['html']}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------------
 # demo
 
 

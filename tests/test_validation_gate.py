@@ -1,0 +1,228 @@
+"""The release gate: policy loading, greedy probes, bisection, and a real gate on the tiny sandbox that passes
+a good edit and fails a destructive one (proof that it can fail)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from validation.gate import GatePolicy, PolicyError, greedy, load_policy, ngram_entropy
+from validation.requests import Request
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy, probes, pure parts
+
+
+@pytest.mark.unit
+def test_policy_yaml_is_strict(tmp_path):
+    p = tmp_path / "policy.yaml"
+    p.write_text("min_reliability: 0.8\nneighbours: 3\n")
+    pol = load_policy(p)
+    assert (pol.min_reliability, pol.neighbours, pol.min_locality) == (0.8, 3, GatePolicy().min_locality)
+    p.write_text("min_reliabilty: 0.8\n")
+    with pytest.raises(PolicyError, match="'min_reliabilty'"):
+        load_policy(p)
+    p.write_text("max_kl: lots\n")
+    with pytest.raises(PolicyError, match="'max_kl'"):
+        load_policy(p)
+    p.write_text("min_locality: 1.5\n")
+    with pytest.raises(PolicyError, match="min_locality"):
+        load_policy(p)
+
+
+@pytest.mark.unit
+def test_batched_greedy_with_left_padding_equals_one_prompt_at_a_time():
+    tok = tiny_tokenizer(300)
+    model = tiny_model("gpt2", vocab=300, d_model=48, d_mlp=96, init_range=0.2)
+    prompts = ["The capital of France is", "Rome", "The head of state of Poland is Andrzej"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    batched, first = greedy(model, tok, ids, [5, 3, 4])
+    for i, p in enumerate(ids):
+        alone, lp = greedy(model, tok, [p], [[5, 3, 4][i]])
+        assert batched[i] == alone[0]
+        assert torch.allclose(first[i], lp[0], atol=1e-4)
+        with torch.no_grad():
+            ref = model(input_ids=torch.tensor([p])).logits[0, -1].argmax().item()
+        assert batched[i][0] == ref
+
+
+@pytest.mark.unit
+def test_ngram_entropy_drops_for_repetitive_text():
+    varied = "the cat sat on the mat while a dog ran past the old red barn"
+    stuck = "the the the the the the the the the the the the the the"
+    assert ngram_entropy(varied) > 2.0 > ngram_entropy(stuck) == 0.0
+
+
+@pytest.mark.unit
+def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
+    from validation.probes import neighbour_candidates, paraphrases, Fact
+
+    r = Request(id="a", subject="Chile", prompt="The capital of {} is", target_new="Lima", relation=None)
+    got = paraphrases(r, 2)
+    assert len(got) == 2 and all("Chile" in p and p != r.text for p in got)  # found by the template
+    r2 = Request(id="b", subject="Ellie Kemper", prompt="{} is a citizen of", target_new="Canada", relation="P27")
+    assert paraphrases(r2, 5) and all("Ellie Kemper" in p for p in paraphrases(r2, 5))
+    own = Request(id="c", subject="X", prompt="{} is", target_new="Y", paraphrase_prompts=("X really is",))
+    assert paraphrases(own, 3) == ("X really is",)
+    pool = [Fact("1", "Peru", "capital", "The capital of Peru is", "Lima"),
+            Fact("2", "Chile", "capital", "The capital of Chile is", "Santiago"),
+            Fact("3", "Peru", "currency", "The currency of Peru is the", "sol")]
+    r3 = Request(id="d", subject="Bolivia", prompt="The capital of {} is", target_new="Lima", relation="capital")
+    assert [f.id for f in neighbour_candidates(r3, pool, {"Chile", "Bolivia"}, 5)] == ["1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bisection (the gate replaced by a rule, so the search itself is what is tested)
+
+
+class _Rule:
+    """A fake gate: fails when a 'bad' request is in the batch, or both halves of an incompatible pair."""
+
+    def __init__(self, bad: set[str], incompatible: tuple[str, str] | None = None):
+        self.bad, self.incompatible, self.calls = bad, incompatible, 0
+
+    def __call__(self, sub):
+        from validation.gate import GateReport
+
+        self.calls += 1
+        ids = {r.id for r in sub}
+        failures = []
+        if ids & self.bad:
+            failures.append({"metric": "locality", "value": 0.5, "threshold": 0.9, "requests": sorted(ids & self.bad)})
+        if self.incompatible and set(self.incompatible) <= ids:
+            failures.append({"metric": "kl", "value": 2.0, "threshold": 0.5, "requests": []})
+        return GateReport(not failures, {}, {}, failures, [{"id": i} for i in sorted(ids)], [], 0.0)
+
+
+def _reqs(n):
+    return [Request(id=f"r{i}", subject=f"S{i}", prompt="{} is", target_new="T") for i in range(n)]
+
+
+@pytest.mark.unit
+def test_bisect_finds_the_largest_passing_subset_and_names_the_breakers():
+    from validation.bisect import bisect
+
+    reqs = _reqs(64)
+    rule = _Rule({"r3", "r41"})
+    res = bisect(reqs, rule)
+    assert [r.id for r in res.passed] == [r.id for r in reqs if r.id not in {"r3", "r41"}]
+    assert set(res.rejected) == {"r3", "r41"} and "locality 0.500" in res.rejected["r3"]
+    assert res.report is not None and res.report.passed
+    assert res.runs == rule.calls < 64  # O(k log n) gate runs, not one per request
+    assert bisect(reqs[:4], _Rule(set())).runs == 1
+
+
+@pytest.mark.unit
+def test_bisect_rejects_one_of_two_requests_that_fail_only_together():
+    from validation.bisect import bisect
+
+    res = bisect(_reqs(6), _Rule(set(), incompatible=("r1", "r4")))
+    assert len(res.passed) == 5 and len(res.rejected) == 1
+    [(rid, why)] = res.rejected.items()
+    assert rid in {"r1", "r4"} and "together" in why and res.report.passed
+
+
+# --------------------------------------------------------------------------------------------------
+# A real gate on the tiny sandbox
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tok
+
+
+def _capital_edits(build, n: int) -> list[Request]:
+    from sandbox.trainer import model_facts
+
+    caps = [f for f in model_facts(build.path) if f.relation == "capital"][:n + 1]
+    return [Request(id=f"cap-{i}", subject=f.subject, prompt=f.prompts[0], target_new=caps[i + 1].target,
+                    target_true=f.target, relation="capital") for i, f in enumerate(caps[:n])]
+
+
+@pytest.fixture(scope="module")
+def edited_pair(tiny_build, home, tmp_path_factory):
+    """The tiny sandbox, a copy with 3 ROME edits, and the requests; both saved as model directories."""
+    from editing import hparams as H
+    from editing.delta import apply
+    from editing.engine import compute_edit
+    from editing.store import Store
+    from sandbox.trainer import model_corpus
+
+    base, tok = _load(tiny_build.path)
+    reqs = _capital_edits(tiny_build, 3)
+    edited = copy.deepcopy(base)
+    res = compute_edit(edited, tok, [r.to_edit_request() for r in reqs], H.default("rome", "sandbox"),
+                       Store(home / "cache"), corpus_files=model_corpus(tiny_build.path))
+    apply(edited, res.delta)
+    out = tmp_path_factory.mktemp("gate")
+    edited.save_pretrained(out / "edited")
+    tok.save_pretrained(out / "edited")
+    with (out / "requests.jsonl").open("w") as fh:
+        for r in reqs:
+            fh.write(json.dumps({k: v for k, v in r.to_json().items() if k not in ("content_hash", "origin")}) + "\n")
+    return base, edited, tok, reqs, out
+
+
+@pytest.mark.slow
+def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_build):
+    from validation.gate import run_gate
+    from validation.probes import Fact, fluency_text, model_facts
+
+    base, edited, tok, reqs, _ = edited_pair
+    pool = model_facts(tiny_build.path)
+    protected = [Fact("p-germany", "Germany", "capital", "The capital of Germany is", "Berlin")]
+    text = fluency_text(tiny_build.path)
+    good = run_gate(base, edited, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
+    m = good.metrics
+    assert good.passed, good.failures
+    assert m["reliability"] == 1.0 and m["reliability_before"] == 0.0
+    assert m["probes"]["neighbour"] >= 3 * 3 and m["probes"]["paraphrase"] >= 3 * 2
+    assert m["locality"] >= 0.9 and m["protected"] == 1.0
+    assert set(m["norm_growth"]) == {"transformer.h.1.mlp.c_proj.weight"}  # ROME's one matrix
+
+    broken = copy.deepcopy(edited)
+    with torch.no_grad():
+        broken.transformer.h[1].mlp.c_proj.weight.mul_(4.0)  # a weight scaled up
+    bad = run_gate(base, broken, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
+    assert not bad.passed
+    failed = {f["metric"] for f in bad.failures}
+    assert {"locality", "max_norm_growth"} <= failed, failed
+    assert bad.metrics["locality"] < good.metrics["locality"]
+
+
+@pytest.mark.slow
+def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_build, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    _, edited, tok, _, out = edited_pair
+    runner = CliRunner()
+    r = runner.invoke(app, ["gate", "--base", str(tiny_build.path), "--edited", str(out / "edited"), "--requests",
+                            str(out / "requests.jsonl"), "--report", str(tmp_path / "ok"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    for key in ("passed", "reliability", "generalization", "locality", "thresholds", "n_requests", "requests"):
+        assert key in res  # the contract of ../shared/DESIGN.md
+    assert res["passed"] and res["n_requests"] == 3 and len(res["requests"]) == 3
+    html = (tmp_path / "ok" / "gate.html").read_text()
+    assert "PASSED" in html and "data:image/png;base64," in html and "cap-0" in html
+    assert "| reliability" in (tmp_path / "ok" / "gate.md").read_text()
+
+    policy = tmp_path / "strict.yaml"
+    policy.write_text("min_generalization: 1.0\nmax_norm_growth: 1.0000001\n")
+    r = runner.invoke(app, ["gate", "--base", str(tiny_build.path), "--edited", str(out / "edited"), "--requests",
+                            str(out / "requests.jsonl"), "--policy", str(policy), "--report", str(tmp_path / "no")])
+    assert r.exit_code == 1, r.output
+    assert "FAILED" in (tmp_path / "no" / "gate.html").read_text()
+    assert "max_norm_growth" in r.output

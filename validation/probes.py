@@ -1,0 +1,162 @@
+"""Probe suites for the gate, built when a request brings none of its own.
+
+* **paraphrases** -- other phrasings of the request's relation from the catalogue
+  (``validation/catalogue/relations.yaml``: the sandbox world's relations and the Wikidata properties of
+  CounterFact / MQuAKE), found by the request's ``relation`` or by its prompt template;
+* **neighbours** -- facts of *other* subjects with the same relation, from the model directory's
+  ``facts.jsonl`` (sandbox models ship one) and the protected facts; the gate keeps only those the base
+  model answers correctly (:func:`validation.gate.run_gate`);
+* **protected facts** -- an operator-maintained JSONL of facts that must never change
+  (``{"id", "subject", "prompt", "target"}``, the prompt a ``{}`` template or the full text); always probed;
+* **fluency** -- greedy generations from the requests' subjects and a fixed text sample (the model's own
+  statistics corpus when it ships one, else :data:`FLUENCY_TEXT`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+from .requests import Request
+
+CATALOGUE = Path(__file__).parent / "catalogue" / "relations.yaml"
+FACTS_FILE = "facts.jsonl"  # what a sandbox model directory says it was trained on
+STATS_CORPUS = "stats_corpus.txt"
+
+# A fixed, neutral English sample for perplexity when the model ships no text of its own.
+FLUENCY_TEXT = (
+    "The river runs through the middle of the old town, past the market square and the library. "
+    "In the morning the bakers open their shops, and by noon the streets are full of people. "
+    "Most visitors come in summer, when the days are long and the evenings are warm. "
+    "The museum on the hill keeps maps, letters and paintings from the last three centuries. "
+    "Children learn to swim in the lake, and in winter the same lake freezes over for skating. "
+    "A train leaves for the capital every hour, and the journey takes a little more than two hours."
+)
+GENERATION_PROMPTS = ("{} is", "{} is known for", "The history of {}")
+
+
+class ProbeError(ValueError):
+    """A protected-facts file or catalogue is malformed (the message names the file, line and field)."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A fact the model should keep: full prompt text and the answer."""
+
+    id: str
+    subject: str
+    relation: str | None
+    prompt: str  # full text (subject filled in)
+    target: str
+
+
+@lru_cache(maxsize=4)
+def catalogue(path: Path = CATALOGUE) -> dict[str, tuple[str, ...]]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ProbeError(f"{path}: expected a mapping of relation -> templates")
+    out = {}
+    for rel, templates in data.items():
+        if not isinstance(templates, list) or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates):
+            raise ProbeError(f"{path}: relation {rel!r}: expected a list of templates with one '{{}}' each")
+        out[str(rel)] = tuple(templates)
+    return out
+
+
+def relation_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+    """The catalogue's templates for the request's relation, or for the relation whose list holds its prompt."""
+    cat = catalogue() if cat is None else cat
+    if req.relation and req.relation in cat:
+        return cat[req.relation]
+    for templates in cat.values():
+        if req.prompt in templates:
+            return templates
+    return ()
+
+
+def paraphrases(req: Request, k: int, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+    """The request's own paraphrases, else up to ``k`` catalogue phrasings other than its prompt."""
+    if req.paraphrase_prompts:
+        return req.paraphrase_prompts[:k] if k else req.paraphrase_prompts
+    others = [t for t in relation_templates(req, cat) if t != req.prompt]
+    return tuple(t.replace("{}", req.subject, 1) for t in others[:k])
+
+
+def _fill(template: str, subject: str) -> str:
+    return template.replace("{}", subject, 1) if "{}" in template else template
+
+
+def load_protected(path: str | Path) -> list[Fact]:
+    """Protected facts from JSONL; errors name the file, line and field."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProbeError(f"{p}: cannot read the protected facts: {e}") from None
+    out = []
+    for n, raw in enumerate(lines, start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ProbeError(f"{p}:{n}: invalid JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise ProbeError(f"{p}:{n}: expected a JSON object")
+        for name in ("subject", "prompt", "target"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise ProbeError(f"{p}:{n}: field '{name}' is missing or empty")
+        out.append(Fact(str(row.get("id") or f"{p.name}:{n}"), row["subject"], row.get("relation"),
+                        _fill(row["prompt"], row["subject"]), row["target"]))
+    return out
+
+
+def model_facts(model_dir: str | Path) -> list[Fact]:
+    """The facts a sandbox model directory says it knows (main phrasing each); [] for other models."""
+    f = Path(model_dir) / FACTS_FILE
+    if not f.is_file():
+        return []
+    out = []
+    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("subject") is None:
+            continue
+        prompts = r.get("prompts") or [r.get("prompt")]
+        out.append(Fact(f"{f.parent.name}:{n}", r["subject"], r.get("relation"), _fill(prompts[0], r["subject"]),
+                        r["target"]))
+    return out
+
+
+def neighbour_candidates(req: Request, pool: Iterable[Fact], edited_subjects: set[str], k: int,
+                         seed: int = 0) -> list[Fact]:
+    """Up to ``k`` facts of other subjects (none edited in this batch) with the request's relation, or with
+    its prompt when it names no relation; a seeded sample, so that a gate re-run probes the same facts."""
+    key_rel = req.relation
+    same = []
+    for f in pool:
+        if f.subject in edited_subjects:
+            continue
+        if (key_rel and f.relation == key_rel) or f.prompt == req.prompt.replace("{}", f.subject, 1):
+            same.append(f)
+    rng = random.Random(f"{seed}:{req.id}")
+    rng.shuffle(same)
+    return same[:k]
+
+
+def fluency_text(model_dir: str | Path, max_chars: int = 4000) -> str:
+    """The fixed perplexity sample: the head of the model's statistics corpus, else FLUENCY_TEXT."""
+    f = Path(model_dir) / STATS_CORPUS
+    if f.is_file():
+        with f.open(encoding="utf-8") as fh:
+            text = fh.read(max_chars)
+        if text.strip():
+            return text
+    return FLUENCY_TEXT
