@@ -151,7 +151,7 @@ def _capital_edits(build, n: int) -> list[Request]:
 
 @pytest.fixture(scope="module")
 def edited_pair(tiny_build, home, tmp_path_factory):
-    """The tiny sandbox, a copy with 3 ROME edits, and the requests; both saved as model directories."""
+    """The tiny sandbox, a copy with 3 MEMIT edits (the flows' default method), and the requests; both saved."""
     from editing import hparams as H
     from editing.delta import apply
     from editing.engine import compute_edit
@@ -161,7 +161,7 @@ def edited_pair(tiny_build, home, tmp_path_factory):
     base, tok = _load(tiny_build.path)
     reqs = _capital_edits(tiny_build, 3)
     edited = copy.deepcopy(base)
-    res = compute_edit(edited, tok, [r.to_edit_request() for r in reqs], H.default("rome", "sandbox"),
+    res = compute_edit(edited, tok, [r.to_edit_request() for r in reqs], H.default("memit", "sandbox"),
                        Store(home / "cache"), corpus_files=model_corpus(tiny_build.path))
     apply(edited, res.delta)
     out = tmp_path_factory.mktemp("gate")
@@ -180,7 +180,7 @@ def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_b
 
     base, edited, tok, reqs, _ = edited_pair
     pool = model_facts(tiny_build.path)
-    protected = [Fact("p-germany", "Germany", "capital", "The capital of Germany is", "Berlin")]
+    protected = [Fact("p-poland", "Poland", "capital", "The capital of Poland is", "Warsaw")]
     text = fluency_text(tiny_build.path)
     good = run_gate(base, edited, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
     m = good.metrics
@@ -188,15 +188,22 @@ def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_b
     assert m["reliability"] == 1.0 and m["reliability_before"] == 0.0
     assert m["probes"]["neighbour"] >= 3 * 3 and m["probes"]["paraphrase"] >= 3 * 2
     assert m["locality"] >= 0.9 and m["protected"] == 1.0
-    assert set(m["norm_growth"]) == {"transformer.h.1.mlp.c_proj.weight"}  # ROME's one matrix
+    assert set(m["norm_growth"]) == {"transformer.h.1.mlp.c_proj.weight"}  # the sandbox preset's one layer
+
+    # a protected fact about an edited subject is protected all the same
+    germany = [Fact("p-germany", "Germany", "capital", "The capital of Germany is", "Berlin")]
+    assert reqs[2].subject == "Germany"
+    clash = run_gate(base, edited, tok, reqs, GatePolicy(), protected=germany, pool=pool, text=text)
+    assert not clash.passed and clash.metrics["protected"] == 0.0
+    assert [f["facts"] for f in clash.failures if f["metric"] == "protected"] == [["p-germany"]]
 
     broken = copy.deepcopy(edited)
     with torch.no_grad():
-        broken.transformer.h[1].mlp.c_proj.weight.mul_(4.0)  # a weight scaled up
+        broken.transformer.h[1].mlp.c_proj.weight.mul_(10.0)  # a weight scaled up (x4 still kept 93 % of answers)
     bad = run_gate(base, broken, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
     assert not bad.passed
     failed = {f["metric"] for f in bad.failures}
-    assert {"locality", "max_norm_growth"} <= failed, failed
+    assert {"locality", "kl", "max_norm_growth"} <= failed, failed
     assert bad.metrics["locality"] < good.metrics["locality"]
 
 
@@ -220,7 +227,7 @@ def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_buil
     assert "| reliability" in (tmp_path / "ok" / "gate.md").read_text()
 
     policy = tmp_path / "strict.yaml"
-    policy.write_text("min_generalization: 1.0\nmax_norm_growth: 1.0000001\n")
+    policy.write_text("max_norm_growth: 1.0000001\n")
     r = runner.invoke(app, ["gate", "--base", str(tiny_build.path), "--edited", str(out / "edited"), "--requests",
                             str(out / "requests.jsonl"), "--policy", str(policy), "--report", str(tmp_path / "no")])
     assert r.exit_code == 1, r.output
