@@ -196,6 +196,18 @@ def load_requests(path: Path, records: int, model_dir: Path, seed: int) -> Reque
     return RequestSet(out, len(rows), skipped)
 
 
+def trained_objects(model_dir: Path) -> set[str] | None:
+    """Every answer the sandbox was trained to give (its facts.jsonl targets); None without a facts.jsonl.
+
+    A CounterFact counterfactual is often a word the sandbox never learned to say after any prompt
+    ("Karachi" as a place of death): no change at the subject's token makes a 4-layer model produce it
+    reliably, so the benches report the scores of requests with a trained target apart."""
+    fj = model_dir / "facts.jsonl"
+    if not fj.is_file():
+        return None
+    return {json.loads(line)["target"] for line in fj.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def ids_digest(requests) -> str:
     """Short hash of the request ids in order (which records a case edited, without listing them)."""
     return hashlib.sha256(",".join(r.id for r in requests).encode()).hexdigest()[:16]

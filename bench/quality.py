@@ -19,8 +19,10 @@ Scores as CounterFact defines them (ROME's code): per prompt, the mean per-token
 against the true one. efficacy = share of edits with p_new > p_true on the edited prompt, paraphrase = the
 same on the rephrased prompt, neighbourhood = share of neighbour prompts where the neighbour's own truth
 still beats the new target; all three also before the edit, and top-1 (greedy decoding gives the new
-target) after. Times are compute_edit's phases per edit; edits/s = edits / compute seconds; peak memory
-is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
+target) after. The same three scores are also given over the requests whose new target is an answer the
+sandbox was trained to give (``*_trained_target``, ``trained_target_share``): many CounterFact
+counterfactuals are words the sandbox never says. Times are compute_edit's phases per edit;
+edits/s = edits / compute seconds; peak memory is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
 """
 
 from __future__ import annotations
@@ -78,19 +80,21 @@ def main() -> None:
     store = Store(args.cache if args.cache is not None else C.home() / "cache")
     base_hash = D.weights_sha256(model)
     corpus = model_corpus(model_dir)  # a sandbox's training text, as factsmith edit uses
+    known = C.trained_objects(model_dir)
 
     # Scores before any edit, once per request (every case edits a prefix of the same seeded order).
     before_cache: dict[str, dict[str, list]] = {}
 
-    def before(batch: list) -> dict[str, list]:
+    def before(batch: list) -> list[dict[str, list]]:
         todo = [r for r in batch if r.id not in before_cache]
         if todo:
             for r, sc in zip(todo, C.score(model, tok, todo)):
                 before_cache[r.id] = sc
-        return C.merge_scores(before_cache[r.id] for r in batch)
+        return [before_cache[r.id] for r in batch]
 
-    def run(batch: list, hp, stats_flag: list[int]) -> tuple[dict[str, list], dict[str, float], float]:
-        """compute, apply, score, revert: the scores after, compute_edit's timings, seconds of apply+score."""
+    def run(batch: list, hp, stats_flag: list[int]) -> tuple[list[dict[str, list]], dict[str, float], float]:
+        """compute, apply, score, revert: the scores after (per request), compute_edit's timings, seconds of
+        apply+score."""
         flag = {"computed": False}
 
         def on_event(phase, detail):
@@ -102,7 +106,7 @@ def main() -> None:
         t0 = time.perf_counter()
         applied = D.apply(model, res.delta)
         try:
-            after = C.merge_scores(C.score(model, tok, batch))
+            after = C.score(model, tok, batch)
         finally:
             applied.revert()
         return after, res.timings, time.perf_counter() - t0
@@ -122,19 +126,25 @@ def main() -> None:
         n = sum(len(g) for g in groups)
         print(f"{case}: {n} edits in {len(groups)} compute_edit call(s)", file=sys.stderr, flush=True)
         timings: dict[str, float] = {}
-        afters, befores = [], []
+        afters, befores, edited = [], [], []  # per request, in order
         stats_flag = [0]
         score_s = 0.0
         with C.PeakMemory(args.device) as mem:
             for g in groups:
-                befores.append(before(g))
+                befores += before(g)
                 after, t, s = run(g, hp, stats_flag)
-                afters.append(after)
+                afters += after
+                edited += g
                 C.add_timings(timings, t)
                 score_s += s
             peak = mem.read()
         assert D.weights_sha256(model) == base_hash, "the model must be unchanged after every case"
         q = C.summarize(C.merge_scores(befores), C.merge_scores(afters))
+        if known is not None:  # the same scores over the requests whose new target the sandbox can say
+            keep = [i for i, r in enumerate(edited) if r.target_new in known]
+            qk = C.summarize(C.merge_scores(befores[i] for i in keep), C.merge_scores(afters[i] for i in keep))
+            q.update({"trained_target_share": round(len(keep) / n, 4),
+                      **{f"{k}_trained_target": qk[k] for k in ("efficacy", "paraphrase", "neighbourhood")}})
         row = {"case": case, "method": method, "edits": n, "calls": len(groups),
                "batch_size": len(groups[0]) if method == "memit" else (n if case == "rome-seq" else 1),
                "short_batch": short, **q,
@@ -152,6 +162,10 @@ def main() -> None:
                    ("efficacy_top1", "eff top-1", "%"), ("paraphrase_top1", "para top-1", "%"),
                    ("efficacy_before", "eff before", "%"), ("paraphrase_before", "para before", "%"),
                    ("neighbourhood_before", "neigh before", "%"), ("known_top1_before", "known top-1", "%")])
+    print()
+    C.table(rows, [("case", "case (new target trained)", ""), ("trained_target_share", "share", "%"),
+                   ("efficacy_trained_target", "efficacy", "%"), ("paraphrase_trained_target", "paraphrase", "%"),
+                   ("neighbourhood_trained_target", "neighbours", "%")])
     print()
     C.table(rows, [("case", "case (s per edit)", ""), ("s_per_edit_templates", "templates", "s"),
                    ("s_per_edit_stats", "stats", "s"), ("s_per_edit_keys", "keys", "s"),
