@@ -1,0 +1,204 @@
+"""Which weights a version has: resolving ``NAME@alias`` / ``NAME/3``, the lineage, loading, facts in effect.
+
+Loading walks ``parent_version`` down to the base (``kind=base``, the whole Hugging Face directory) and copies
+each version's weights patch back up (``storage=patch``; a rollback version stores nothing and points at the
+version it restores), then checks the result against the version's ``weights_sha256`` tag
+(:func:`editing.delta.weights_sha256`, as everywhere in factsmith). No arithmetic happens at load time, so a
+version loads bit for bit as it was registered.
+
+The facts in effect in a version are the ``applied`` ledger records of its lineage, the later one winning for
+the same fact (subject and relation, or subject and prompt).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import ledger as L
+from .errors import IntegrityError, NotFoundError, RegistryError
+from .refs import Ref, check_name, parse_ref
+from .store import Store, aliases, all_versions, get_version, local_path, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as factsmith sees it (from the MLflow model version and its tags)."""
+
+    name: str
+    version: int
+    kind: str  # base | edit | rollback | revert
+    parent_version: int | None
+    aliases: tuple[str, ...]
+    weights_sha256: str
+    gate_passed: bool | None  # None for the base model (not gated)
+    method: str | None
+    n_requests: int
+    created_at: str
+    run_id: str | None
+    source: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "kind": self.kind,
+                "parent_version": self.parent_version, "aliases": list(self.aliases),
+                "weights_sha256": self.weights_sha256, "gate_passed": self.gate_passed, "method": self.method,
+                "n_requests": self.n_requests, "created_at": self.created_at, "run_id": self.run_id,
+                "source": self.source, "tags": dict(self.tags)}
+
+
+def info_of(mv, alias_map: Mapping[str, int]) -> VersionInfo:
+    t = dict(mv.tags or {})
+    v = int(mv.version)
+    gp = t.get("gate_passed")
+    return VersionInfo(
+        name=mv.name, version=v, kind=t.get("kind", "?"),
+        parent_version=int(t["parent_version"]) if t.get("parent_version") else None,
+        aliases=tuple(sorted(a for a, av in alias_map.items() if av == v)),
+        weights_sha256=t.get("weights_sha256", ""),
+        gate_passed=None if gp in (None, "n/a") else gp == "true",
+        method=t.get("method") or None, n_requests=int(t.get("n_requests", "0")),
+        created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+        run_id=mv.run_id, source=mv.source, tags=t)
+
+
+def newest_version(client, name: str) -> int:
+    """The highest version number of ``name`` (0 when it has none)."""
+    vs = all_versions(client, name)
+    return int(vs[-1].version) if vs else 0
+
+
+def resolve(ref: str | Ref, store: Store | None = None) -> VersionInfo:
+    """The version behind ``NAME@alias`` or ``NAME/3``."""
+    from mlflow.exceptions import MlflowException
+
+    from .store import is_not_found
+
+    r = parse_ref(ref) if isinstance(ref, str) else ref
+    st = store or open_store()
+    c = st.client()
+    amap = aliases(c, r.name)
+    if r.alias is not None:
+        try:
+            mv = c.get_model_version_by_alias(r.name, r.alias)
+        except MlflowException as e:
+            if not is_not_found(e):
+                raise
+            raise NotFoundError(f"model {r.name!r} has no alias {r.alias!r}; aliases: "
+                                f"{', '.join(f'{a} -> {v}' for a, v in sorted(amap.items())) or 'none'}") from None
+    else:
+        mv = get_version(c, r.name, r.version)
+    return info_of(mv, amap)
+
+
+def artifacts_dir(client, store: Store, info: VersionInfo) -> Path:
+    """The version's artifact folder on this machine (downloaded into the registry cache when remote)."""
+    p = local_path(info.source)
+    if p is not None:
+        return p
+    from mlflow.artifacts import download_artifacts
+
+    from .store import registry_dir
+
+    dst = registry_dir() / "cache" / check_name(info.name) / str(info.version)
+    done = dst / ".complete"  # holds the downloaded folder, relative to dst; written last
+    if not done.exists():
+        dst.mkdir(parents=True, exist_ok=True)
+        got = Path(download_artifacts(artifact_uri=info.source, dst_path=str(dst), tracking_uri=store.uri))
+        done.write_text(str(got.resolve().relative_to(dst.resolve())), encoding="utf-8")
+    return dst / done.read_text(encoding="utf-8").strip()
+
+
+def lineage(name: str, version: int, store: Store | None = None) -> list[VersionInfo]:
+    """The version and its ancestors by ``parent_version``, base first."""
+    st = store or open_store()
+    c = st.client()
+    amap = aliases(c, name)
+    out: list[VersionInfo] = []
+    v: int | None = version
+    seen = set()
+    while v is not None:
+        if v in seen:
+            raise RegistryError(f"model {name!r}: parent_version tags form a cycle at version {v}")
+        seen.add(v)
+        info = info_of(get_version(c, name, v), amap)
+        out.append(info)
+        if info.kind == "base":
+            return out[::-1]
+        if info.parent_version is None:
+            raise RegistryError(f"model {name!r} version {v}: expected a parent_version tag (kind {info.kind}), "
+                                f"found none")
+        v = info.parent_version
+    raise AssertionError("unreachable")
+
+
+def rebuild(name: str, version: int, store: Store):
+    """(model, tokenizer, info): the base directory with every patch along the lineage copied in, verified."""
+    from editing.delta import weights_sha256
+
+    from .weights import apply_patch, load_hf, load_patch
+
+    c = store.client()
+    chain = lineage(name, version, store)
+    base = chain[0]
+    model, tok = load_hf(artifacts_dir(c, store, base) / "model")
+    for info in chain[1:]:
+        if info.tags.get("storage") == "patch":
+            patch = artifacts_dir(c, store, info) / "patch" / "weights.safetensors"
+            if not patch.is_file():
+                raise IntegrityError(f"model {name!r} version {info.version}: expected its weights patch at {patch}, "
+                                     f"found none")
+            apply_patch(model, load_patch(patch), f"{name}/{info.version}")
+    want = chain[-1].weights_sha256
+    got = weights_sha256(model)
+    if got != want:
+        raise IntegrityError(f"model {name!r} version {version}: expected weights SHA-256 {want}, rebuilt weights "
+                             f"hash to {got} (lineage {' -> '.join(str(i.version) for i in chain)})")
+    return model, tok, chain[-1]
+
+
+def load_model(ref: str, store: Store | None = None):
+    """(model, tokenizer) of ``NAME@alias`` or ``NAME/3``, rebuilt bit-exactly and verified against the
+    version's ``weights_sha256`` tag (:class:`~registry.errors.IntegrityError` on a mismatch)."""
+    st = store or open_store()
+    info = resolve(ref, st)
+    t0 = time.perf_counter()
+    model, tok, _ = rebuild(info.name, info.version, st)
+    log.info("loaded %s (version %d) in %.2f s", ref, info.version, time.perf_counter() - t0)
+    return model, tok
+
+
+def facts_in(name: str, chain: Sequence[int]) -> dict[tuple[str, str], dict[str, Any]]:
+    """fact key -> the ``applied`` ledger record in effect at the end of ``chain`` (versions base first)."""
+    order = {v: i for i, v in enumerate(chain)}
+    recs = [r for r in L.read(name) if r.get("event") == "applied" and r.get("version") in order
+            and not r.get("via_rollback")]
+    recs.sort(key=lambda r: (order[r["version"]], r["seq"]))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in recs:
+        out[fact_key(r)] = r
+    return out
+
+
+def fact_key(rec: Mapping[str, Any]) -> tuple[str, str]:
+    """The fact a ledger record is about: (subject, relation), or (subject, prompt) without a relation
+    (as :meth:`validation.requests.Request.fact_key`)."""
+    return (rec.get("subject") or "", rec.get("relation") or rec.get("prompt") or "")
+
+
+def ledger_request(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger record back as a native request dict (to record a later state of the same request)."""
+    return {"id": rec.get("request_id"), "subject": rec.get("subject"), "prompt": rec.get("prompt"),
+            "target_new": rec.get("new"), "target_true": rec.get("old"), "relation": rec.get("relation"),
+            "source": rec.get("source"), "requested_by": rec.get("requested_by"), "reason": rec.get("reason"),
+            "requested_at": rec.get("requested_at")}
+
+
+def promotable(info: VersionInfo) -> bool:
+    return info.kind == "base" or info.gate_passed is True

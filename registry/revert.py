@@ -1,0 +1,147 @@
+"""Revert one request: re-derive the newest version without it, gate the result, register it.
+
+``rollback_to`` restores old weights bit for bit, and with them drops every edit made since. Reverting a
+single request keeps the others: the edits cannot be subtracted (each later edit was computed on weights that
+contained the reverted one, and a MEMIT batch is one solve), so they are *recomputed*. Starting from the
+parent P of the version V that applied the request, each edit version V..newest along the lineage is
+recomputed with its own method and hyperparameters (from its stored delta) on its own requests minus the
+reverted one, in order. The result is gated against P's weights on all the requests it still carries and
+registered as a new ``kind=revert`` version whose ``parent_version`` is P (its patch and composed delta are
+relative to P), with ``expected_latest`` = the newest version: a registration in between refuses it.
+The ledger records the request as ``reverted`` and the re-derived requests as ``applied`` in the new version.
+
+The recomputed edits are not bit-identical to the originals (they start from other weights), which is why
+the gate runs again; a version whose gate fails is registered but cannot be promoted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import ledger as L
+from .errors import InvalidInputError, NotFoundError
+from .refs import check_name
+from .store import Store, home, open_store
+from .lineage import VersionInfo, artifacts_dir, lineage, newest_version, rebuild
+from .versions import register, rollback_to
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RevertResult:
+    """The new version, the gate report of the re-derived model (None when nothing was left to edit)."""
+
+    version: VersionInfo
+    gate: Any  # validation.gate.GateReport | None
+    recomputed: tuple[int, ...]  # the versions whose edits were recomputed
+
+
+def revert_request(name: str, request_id: str, *, policy: Any = None, protected: Sequence[Any] | None = None,
+                   corpus_files: Sequence[Path] | None = None, cache_dir: Path | None = None,
+                   reason: str | None = None, requested_by: str | None = None,
+                   store: Store | None = None) -> RevertResult:
+    """Register a new version: the newest version re-derived without request ``request_id``, gated again.
+
+    ``policy`` is a :class:`validation.gate.GatePolicy` (default thresholds when None); ``protected`` the
+    protected facts (default: ``$FACTSMITH_HOME/protected_facts.jsonl`` when it exists); ``corpus_files`` the
+    covariance corpus (default: the base model's ``stats_corpus.txt`` when it ships one);
+    ``cache_dir`` the editing cache (default ``$FACTSMITH_HOME/cache``)."""
+    from editing.delta import Delta, apply, weights_sha256
+    from editing.engine import compute_edit
+    from editing.hparams import from_dict
+    from editing.store import Store as EditStore
+    from validation.gate import run_gate
+    from validation.probes import fluency_text, load_protected, model_facts
+    from validation.report import write_reports
+    from validation.requests import Request
+
+    check_name(name)
+    st = store or open_store()
+    c = st.client()
+    newest = newest_version(c, name)
+    chain = lineage(name, newest, st)
+    in_chain = {i.version for i in chain}
+    hits = [r for r in L.read(name) if r.get("event") == "applied" and r.get("request_id") == request_id
+            and r.get("version") in in_chain and not r.get("via_rollback")]
+    if not hits:
+        raise NotFoundError(f"model {name!r}: request {request_id!r} is not applied in the newest version {newest} "
+                            f"(lineage {' -> '.join(str(i.version) for i in chain)}); see factsmith audit")
+    v = hits[-1]["version"]
+    idx = next(i for i, info in enumerate(chain) if info.version == v)
+    parent = chain[idx - 1]
+    later = [i for i in chain[idx:] if i.kind in ("edit", "revert")]
+
+    steps = []  # (version, method, hparams dict, remaining request dicts)
+    for info in later:
+        art = artifacts_dir(c, st, info)
+        meta = Delta.load(art / "delta" / "delta.safetensors").meta
+        reqs = [json.loads(x) for x in (art / "requests.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        if "composed_of" in meta or "steps" in meta:  # a revert version: its steps carry method and hparams
+            for step in meta.get("steps", []):
+                left = [r for r in step["requests"] if r.get("id") != request_id]
+                if left:
+                    steps.append((info.version, step["method"], step["hparams"], left))
+            continue
+        left = [r for r in reqs if r.get("id") != request_id]
+        if left:
+            if not meta.get("method") or meta.get("hparams") is None:
+                raise InvalidInputError(f"model {name!r} version {info.version}: its delta does not record the method "
+                                        f"and hparams, so its edit cannot be recomputed")
+            steps.append((info.version, meta["method"], meta["hparams"], left))
+    why = f"revert request {request_id}" + (f": {reason}" if reason else "")
+    if not steps:  # nothing else to keep: the parent's weights are the answer, exactly
+        info = rollback_to(name, parent.version, reason=why, requested_by=requested_by, store=st)
+        return RevertResult(info, None, ())
+
+    model, tok, _ = rebuild(name, parent.version, st)
+    base = copy.deepcopy(model)
+    base_dir = artifacts_dir(c, st, chain[0]) / "model"
+    if corpus_files is None and (base_dir / "stats_corpus.txt").is_file():
+        corpus_files = [base_dir / "stats_corpus.txt"]
+    edit_store = EditStore(cache_dir if cache_dir is not None else home() / "cache")
+    deltas, kept = [], []
+    for version, method, hp_dict, left in steps:
+        reqs = [Request(**{k: r.get(k) for k in ("id", "subject", "prompt", "target_new", "target_true", "relation",
+                                                 "source", "requested_by", "reason", "requested_at")},
+                        paraphrase_prompts=tuple(r.get("paraphrase_prompts") or ()),
+                        neighborhood_prompts=tuple((n["prompt"], n["target"])
+                                                   for n in r.get("neighborhood_prompts") or ()))
+                for r in left]
+        result = compute_edit(model, tok, [r.to_edit_request() for r in reqs], from_dict(method, hp_dict),
+                              edit_store, corpus_files=list(corpus_files) if corpus_files else None)
+        apply(model, result.delta)
+        deltas.append((result.delta, method, hp_dict, left))
+        kept += reqs
+        log.info("%s: recomputed version %d's edit without %s (%d request(s))", name, version, request_id, len(reqs))
+
+    if protected is None:
+        default = home() / "protected_facts.jsonl"
+        protected = load_protected(default) if default.is_file() else []
+    report = run_gate(base, model, tok, kept, policy, protected=list(protected), pool=model_facts(base_dir),
+                      text=fluency_text(base_dir))
+    report.meta = {"reverts": request_id, "parent_version": parent.version, "newest": newest}
+    composed = deltas[0][0]
+    for d, *_ in deltas[1:]:
+        composed = composed.compose(d)
+    composed.meta = {"method": "+".join(dict.fromkeys(m for _, m, _, _ in deltas)), "reverts": request_id,
+                     "base_weights_sha256": parent.weights_sha256,
+                     "steps": [{"method": m, "hparams": h, "requests": left} for _, m, h, left in deltas],
+                     "requests": [r for *_, left in deltas for r in left]}
+    with tempfile.TemporaryDirectory(prefix="factsmith-revert-") as tmp:
+        write_reports(report, tmp)
+        info = register(name, parent.version, model, composed, requests=[r for *_, left in deltas for r in left],
+                        reports_dir=tmp, method=composed.meta["method"],
+                        hparams={"steps": [h for _, _, h, _ in deltas]}, expected_latest=newest,
+                        reverts=(request_id,), kind="revert",
+                        extra_tags={"reverts": request_id, "reverted_from": str(newest),
+                                    "recomputed_versions": ",".join(str(s[0]) for s in steps)},
+                        store=st)
+    assert weights_sha256(model) == info.weights_sha256
+    return RevertResult(info, report, tuple(dict.fromkeys(s[0] for s in steps)))
