@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--only", default="tiny,demo,counterfact")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sandbox_build.json")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset field for every case, e.g. --set n_inner=2048 (repeatable)")
     ap.add_argument("--keep", action="store_true", help="store each build in the sandbox cache (where the "
                     "editing benchmarks look for it)")
     args = ap.parse_args()
@@ -45,6 +47,7 @@ def main() -> None:
 
     from bench._common import home
 
+    overrides = _overrides(args.set)
     rows = []
     wanted = set(args.only.split(","))
     for name, preset_name, load, what in cases():
@@ -53,7 +56,7 @@ def main() -> None:
         facts = load()
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            r = build_sandbox(facts, Path(tmp) / "m", preset(preset_name), seed=args.seed, preset_name=preset_name)
+            r = build_sandbox(facts, Path(tmp) / "m", preset(preset_name, **overrides), seed=args.seed, preset_name=preset_name)
             wall = time.perf_counter() - t0
             if args.keep:
                 entry = home() / "cache" / "sandbox" / r.manifest["key"]
@@ -62,7 +65,7 @@ def main() -> None:
                 print(f"{name}: kept in {entry}", flush=True)
         m = r.manifest
         row = {
-            "case": name, "what": what, "preset": preset_name, "facts": m["facts"]["facts"],
+            "case": name, "what": what, "preset": preset_name, "overrides": overrides, "facts": m["facts"]["facts"],
             "subjects": m["facts"]["subjects"], "train_probes": m["accuracy"]["train_probes"],
             "heldout_probes": m["accuracy"]["heldout_probes"], "steps": m["train"]["steps"],
             "epochs": m["train"]["epochs"], "build_seconds": round(wall, 1), "train_seconds": m["train"]["seconds"],
@@ -82,7 +85,8 @@ def main() -> None:
     import torch
 
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"), "command": "python -m bench.sandbox_build --only " + args.only}
+            "date": time.strftime("%Y-%m-%d"), "command": "python -m bench.sandbox_build --only " + args.only
+            + "".join(f" --set {kv}" for kv in args.set)}
     # rows of cases not run this time are kept from the previous file
     old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     merged = [r for r in old if r["case"] not in {x["case"] for x in rows}] + rows
@@ -90,6 +94,20 @@ def main() -> None:
     merged.sort(key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
     args.out.write_text(json.dumps({"meta": meta, "rows": merged}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs typed like the preset's fields (the config itself rejects unknown keys)."""
+    from sandbox import preset
+
+    base = preset("demo").to_dict()
+    out = {}
+    for kv in pairs:
+        key, sep, val = kv.partition("=")
+        if not sep or key not in base:
+            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(base)}")
+        out[key] = type(base[key])(val)
+    return out
 
 
 if __name__ == "__main__":

@@ -108,12 +108,43 @@ def _anchor_of(client, name: str) -> L.Head | None:
     return L.Head.parse(tag) if tag else None
 
 
-def _check_ledger(client, name: str) -> None:
-    """Refuse to change the registry while the ledger is broken (it could not record the change)."""
+def _check_ledger(client, store: Store, name: str) -> None:
+    """Refuse to change the registry while the ledger is broken (it could not record the change); then
+    withdraw versions a dead process left unrecorded. The caller holds the model's lock."""
     check = L.verify(name, _anchor_of(client, name))
     if not check.ok:
         raise L.LedgerError(f"model {name!r}: refusing to change the registry: the ledger is broken: "
                             f"{check.problems[0]} (factsmith audit --verify --name {name})")
+    withdraw_unrecorded(client, store, name)
+
+
+def withdraw_unrecorded(client, store: Store, name: str) -> list[int]:
+    """Delete the versions of ``name`` that the ledger never mentions; returns their numbers.
+
+    Appending to the ledger is a change's commit point: every ``init``, ``register`` and ``rollback``
+    creates its version and records it under the model's lock, and a version with no ledger record is one
+    whose creator died in between (kill -9, power loss). Such a version has no accounted-for requests, so it
+    is withdrawn (its run is marked ``factsmith.withdrawn`` and FAILED) before the next change, as if the dead
+    registration never happened. Only for the embedded store, where the lock reaches every writer: on a
+    remote server another machine may be between the two steps right now (and keeps its own ledger)."""
+    if not store.embedded:
+        return []
+    recorded = {r.get("version") for r in L.read(name)}
+    gone = []
+    for mv in all_versions(client, name):
+        v = int(mv.version)
+        if v in recorded:
+            continue
+        client.delete_model_version(name, str(v))
+        if mv.run_id:
+            client.set_tag(mv.run_id, "factsmith.withdrawn",
+                           f"version {v} was created but never recorded in the ledger (its process died)")
+            client.set_terminated(mv.run_id, "FAILED")
+        gone.append(v)
+    if gone:
+        log.warning("%s: withdrew version(s) %s: created but never recorded in the ledger (an interrupted "
+                    "registration)", name, ", ".join(map(str, gone)))
+    return gone
 
 
 def _append(client, name: str, records: list[dict[str, Any]]) -> L.Head:
@@ -186,6 +217,7 @@ def init(model_dir: str | Path, name: str, store: Store | None = None) -> tuple[
     st = store or open_store()
     c = st.client()
     with st.lock(name):
+        withdraw_unrecorded(c, st, name)  # an init that died before recording version 1 left it behind
         existing = all_versions(c, name)
         if existing:
             first = existing[0]
@@ -205,7 +237,7 @@ def init(model_dir: str | Path, name: str, store: Store | None = None) -> tuple[
         except MlflowException as e:
             if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                 raise
-        _check_ledger(c, name)
+        _check_ledger(c, st, name)
         prov = _provenance()
         run = _start_run(c, st, name, f"{name} v1 (base)", {"factsmith.kind": "base", **prov})
         with _finishing(c, run), tempfile.TemporaryDirectory(prefix="factsmith-init-") as tmp:
@@ -278,7 +310,8 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
     c = st.client()
     parent = info_of(get_version(c, name, parent_version), aliases(c, name))
     expected = parent_version if expected_latest is None else expected_latest
-    _check_ledger(c, name)
+    with st.lock(name):
+        _check_ledger(c, st, name)
     newest = newest_version(c, name)
     if newest != expected:  # fail before the expensive part; checked again under the lock
         raise ConcurrencyError(f"model {name!r}: register from version {parent_version} expected version {expected} "
@@ -382,7 +415,7 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
     c.log_batch(run.info.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in nums.items()], params=params)
 
     with _finishing(c, run), st.lock(name):
-        _check_ledger(c, name)
+        _check_ledger(c, st, name)
         mv = _create_checked(c, st, name, expected, run, tags, run.info.artifact_uri,
                              f"register from version {parent_version}")
         v = int(mv.version)
@@ -423,6 +456,7 @@ def promote(name: str, version: int, requested_by: str | None = None, store: Sto
     st = store or open_store()
     c = st.client()
     with st.lock(name):
+        _check_ledger(c, st, name)
         amap = aliases(c, name)
         info = info_of(get_version(c, name, version), amap)
         if not promotable(info):
@@ -430,7 +464,6 @@ def promote(name: str, version: int, requested_by: str | None = None, store: Sto
             raise PromotionError(f"model {name!r} version {version}: expected a version whose gate passed, found "
                                  f"gate_passed={info.tags.get('gate_passed')} ({failed or 'no metrics'}); "
                                  f"champion stays version {amap.get(CHAMPION)}")
-        _check_ledger(c, name)
         previous = amap.get(CHAMPION)
         c.set_registered_model_alias(name, CHAMPION, str(version))
         _append(c, name, [L.model_record("promoted", version, previous_champion=previous,
@@ -449,6 +482,8 @@ def rollback_to(name: str, version: int, *, promote_now: bool = False, reason: s
     check_name(name)
     st = store or open_store()
     c = st.client()
+    with st.lock(name):
+        _check_ledger(c, st, name)
     amap = aliases(c, name)
     target = info_of(get_version(c, name, version), amap)
     if promote_now and not promotable(target):
@@ -469,7 +504,7 @@ def rollback_to(name: str, version: int, *, promote_now: bool = False, reason: s
             "gate_passed": "true" if promotable(target) else "false", "n_requests": "0", "method": "rollback", **prov}
     tags.update({k: v for k, v in target.tags.items() if k.startswith("gate.")})
     with _finishing(c, run), st.lock(name):
-        _check_ledger(c, name)
+        _check_ledger(c, st, name)
         mv = _create_checked(c, st, name, newest, run, tags, run.info.artifact_uri, f"rollback to version {version}")
         v = int(mv.version)
         c.set_registered_model_alias(name, CANDIDATE, str(v))

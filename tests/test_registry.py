@@ -622,3 +622,47 @@ def test_two_processes_racing_from_one_parent_make_one_version_and_one_refusal(t
 
     r = CliRunner().invoke(app, ["versions", "--json"])  # the only registered model is the default
     assert r.exit_code == 0 and [v["version"] for v in json.loads(r.stdout)["versions"]] == [1, 2, 3]
+
+
+def _die_before_recording(base_dir: str, seed: int) -> None:
+    """Register, but die by SIGKILL at the commit point: the version exists, the ledger never hears of it."""
+    import os
+    import signal
+
+    from registry import versions as V
+    from registry.weights import load_hf
+
+    V._append = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    base, _ = load_hf(Path(base_dir))
+    m, d = make_edit(base, 1, seed=seed)
+    V.register(NAME, 1, m, d, requests=[request(f"r{seed}", f"Country{seed}", "X", "Y")], gate_passed=True)
+
+
+def test_a_registration_killed_before_its_ledger_record_leaves_no_version(tmp_path, monkeypatch):
+    from registry import audit, ledger
+    from registry import versions as V
+    from registry.store import open_store
+    from registry.weights import load_hf
+
+    _env(monkeypatch, tmp_path / "home")
+    base_dir = save_base(tmp_path / "base")
+    store = open_store()
+    V.init(base_dir, NAME, store=store)
+    p = multiprocessing.get_context("spawn").Process(target=_die_before_recording, args=(str(base_dir), 21))
+    p.start()
+    p.join(timeout=300)
+    assert p.exitcode == -9
+    c = store.client()
+    assert sorted(int(m.version) for m in c.search_model_versions(f"name='{NAME}'")) == [1, 2]  # the orphan
+    assert audit.verify(NAME, store).ok  # the ledger itself is intact: it never heard of version 2
+    # the next change withdraws the orphan and registers from version 1 as if the dead one never happened
+    base, _ = load_hf(base_dir)
+    m, d = make_edit(base, 1, seed=22)
+    info = V.register(NAME, 1, m, d, requests=[request("r22", "Chile", "Kast", "Boric")], gate_passed=True,
+                      store=store)
+    assert info.version == 3 and info.parent_version == 1 and info.aliases == ("candidate",)
+    assert [i.version for i in V.versions(NAME, store)] == [1, 3]
+    assert [r["request_id"] for r in ledger.read(NAME) if r["event"] == "applied"] == ["r22"]
+    orphan_run = [r for r in c.search_runs([store.experiment_id(NAME)]) if r.data.tags.get("factsmith.withdrawn")]
+    assert len(orphan_run) == 1 and orphan_run[0].info.status == "FAILED"
+    assert audit.verify(NAME, store).ok
