@@ -1280,6 +1280,153 @@ def rollback(
     if not ok:
         raise typer.Exit(EXIT_FAILED)
 
+# ----------------------------------------------------------------------------------------------------
+# the pipeline (issue 6): run once in-process, or serve on a schedule
+
+
+def _flow_env() -> None:
+    """Prefect in-process: its temporary local API needs longer than the default 20 s to start on 2 cores;
+    its database lives under FACTSMITH_HOME unless PREFECT_HOME or a PREFECT_API_URL says otherwise."""
+    import os
+
+    from flows import settings
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str(settings.home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here: it only logs errors
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _run_exit(res: dict[str, Any]) -> int:
+    c = res["counts"]
+    return EXIT_BAD_INPUT if c["quarantined"] or res.get("unreadable") else (EXIT_FAILED if c["rejected"] else 0)
+
+
+def _print_run(res: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = _stdout()
+    gate = res.get("gate")
+    if gate is not None:
+        t = Table(title="Gate of the registered batch", title_justify="left")
+        for col in ("metric", "value", "threshold"):
+            t.add_column(col)
+        th, m = gate.get("thresholds") or {}, gate.get("metrics") or {}
+        for k in ("reliability", "generalization", "locality", "protected", "kl", "perplexity_ratio",
+                  "entropy_drop", "max_norm_growth"):
+            bound = th.get(k) if k.startswith("max_") else th.get(f"min_{k}", th.get(f"max_{k}"))
+            if not isinstance(m.get(k), (int, float)):
+                continue
+            side = ">=" if f"min_{k}" in th else "<="
+            t.add_row(k, f"{m[k]:.3f}", f"{side} {bound:g}" if isinstance(bound, (int, float)) else "-")
+        out.print(t)
+    t = Table(title="Requests by end state", title_justify="left")
+    t.add_column("state")
+    t.add_column("requests", justify="right")
+    for k, n in res["counts"].items():
+        t.add_row(k, str(n))
+    t.add_row("already applied (skipped)", str(res["already_applied"]))
+    out.print(t)
+    for q in res["states"].get("quarantined", []):
+        out.print(f"[yellow]quarantined[/] {q['file']} line {q['line']}: {q['reason']}", highlight=False)
+    for r in res["states"].get("rejected", []):
+        out.print(f"[red]rejected[/] {r['id']} ({r['subject']} -> {r['new']}): {r['reason']}", highlight=False)
+    if res["version"] is not None:
+        out.print(f"\nRegistered [bold]{res['model']} version {res['version']}[/] (from version {res['parent_version']}; "
+                  f"{'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
+        out.print(f"Gate report: {res['report_html']}", highlight=False)
+    elif res["already_applied"] and not any(res["counts"].values()):
+        out.print("\nNothing new: every request in the inbox is already applied; no version registered.")
+    else:
+        out.print("\nNo version registered.")
+    for m in res["moved"]:
+        out.print(f"moved {m['file']} -> {m['to']}", highlight=False)
+
+
+@app.command()
+def run(
+    inbox: Path = typer.Option(..., "--inbox", help="Directory of request files (native JSONL/CSV, CounterFact, zsRE, "
+                               "MQuAKE); processed files move to processed/ or quarantine/ below it."),
+    model: Optional[str] = typer.Option(None, "--model", help="Registered model name (default: the only one)."),
+    method: str = typer.Option("memit", "--method", help="rome or memit."),
+    policy: str = typer.Option("latest-wins", "--policy", help="Requests with different targets for one fact: "
+                               "'latest-wins' keeps the latest requested_at, 'reject' quarantines them all."),
+    promote: bool = typer.Option(False, "--promote", help="Make the new version champion (its gate passed)."),
+    no_bisect: bool = typer.Option(False, "--no-bisect", help="Reject the whole batch when its gate fails."),
+    hparams_file: Optional[Path] = typer.Option(None, "--hparams", help="Editing hyperparameters (YAML)."),
+    gate_policy: Optional[Path] = typer.Option(None, "--gate-policy", help="Gate thresholds (YAML)."),
+    protected: Optional[Path] = typer.Option(None, "--protected", help="Protected facts JSONL (default "
+                                             "FACTSMITH_HOME/protected_facts.jsonl when present)."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who runs it (recorded with the run in the ledger)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
+
+    Exit 0 when every request was applied (or already was), 1 when the gate rejected some, 2 when some rows
+    were quarantined (bad input: the accepted ones are still applied)."""
+    with _registry_errors(as_json):
+        _check_method(method)
+        from validation.conflicts import POLICIES
+
+        if policy not in POLICIES:
+            raise ValueError(f"--policy: expected one of {', '.join(POLICIES)}, found {policy!r}")
+        for f, what in ((hparams_file, "--hparams"), (gate_policy, "--gate-policy"), (protected, "--protected")):
+            if f is not None and not f.is_file():
+                raise ValueError(f"{what} {f}: file not found")
+        if not inbox.is_dir():
+            raise ValueError(f"--inbox {inbox}: directory not found")
+        res = run_pipeline(inbox, model, method=method, policy=policy, promote=promote, bisect=not no_bisect,
+                           hparams_file=hparams_file, gate_policy_file=gate_policy, protected_file=protected,
+                           requested_by=by)
+    code = _run_exit(res)
+    if as_json:
+        emit_json({"ok": code == 0, **res, "exit_code": code})
+    else:
+        _print_run(res)
+    raise typer.Exit(code)
+
+
+def run_pipeline(inbox: Path, model: Optional[str], **kw: Any) -> dict[str, Any]:
+    """The flow in-process; the result of :func:`flows.flow.fact_update` plus the model name."""
+    _flow_env()
+    from flows.flow import fact_update
+    from flows.pipeline import default_model
+    from registry.store import open_store
+
+    name = model or default_model(open_store())
+    kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
+    res = fact_update(str(inbox.resolve()), name, **kw)
+    return {"model": name, "promoted": bool(kw.get("promote")) and res["version"] is not None, **res}
+
+
+@app.command()
+def serve(
+    inbox: Path = typer.Option(..., "--inbox", help="The inbox directory the scheduled runs read."),
+    cron: str = typer.Option("*/15 * * * *", "--cron", help="Schedule (cron, UTC)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Registered model name (default: the only one)."),
+    method: str = typer.Option("memit", "--method"),
+    policy: str = typer.Option("latest-wins", "--policy"),
+    promote: bool = typer.Option(False, "--promote"),
+    name: str = typer.Option("fact-update", "--name", help="Deployment name."),
+) -> None:
+    """Serve fact_update as a scheduled deployment (needs a Prefect API: PREFECT_API_URL, or a local
+    'prefect server start'); runs until interrupted."""
+    with _errors(False):
+        _check_method(method)
+        if not inbox.is_dir():
+            raise ValueError(f"--inbox {inbox}: directory not found")
+        _flow_env()
+        from flows.flow import fact_update
+        from flows.pipeline import default_model
+        from registry.store import open_store
+
+        model_name = model or default_model(open_store())
+    fact_update.serve(name=name, cron=cron, parameters={"inbox": str(inbox.resolve()), "name": model_name,
+                                                         "method": method, "policy": policy, "promote": promote})
+
+
 def main() -> None:
     app()
 

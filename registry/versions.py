@@ -43,7 +43,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import ledger as L
 from .errors import ConcurrencyError, InvalidInputError, PromotionError, RegistryError
@@ -287,7 +287,9 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
              edit_json: str | Path | Mapping[str, Any] | None = None, method: str | None = None,
              hparams: Mapping[str, Any] | None = None, rejected: Iterable[tuple[Any, str]] = (),
              expected_latest: int | None = None, reverts: Sequence[str] = (), kind: str = "edit",
-             extra_tags: Mapping[str, str] | None = None, store: Store | None = None) -> VersionInfo:
+             extra_tags: Mapping[str, str] | None = None,
+             extra_records: Sequence[Mapping[str, Any]] | Callable[[int], Sequence[Mapping[str, Any]]] = (),
+             store: Store | None = None) -> VersionInfo:
     """Register an edited model as a new version of ``name`` derived from ``parent_version``.
 
     ``model`` is the edited model (an ``nn.Module``) or its directory; ``delta`` a :class:`editing.delta.Delta`
@@ -296,7 +298,9 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
     (request, reason) pairs the gate or bisection left out (ledger state ``rejected``). The registration is
     refused with :class:`ConcurrencyError` when ``expected_latest`` (default ``parent_version``) is no longer
     the newest version. ``reverts`` names requests in effect in ``expected_latest`` that this version leaves
-    out (ledger state ``reverted``; see :mod:`registry.revert`).
+    out (ledger state ``reverted``; see :mod:`registry.revert`). ``extra_records`` (or a function of the new
+    version number that returns them) go into the same ledger append, the registration's commit point: a
+    pipeline run records its quarantined and superseded rows and the run itself together with the version.
     """
     from editing.delta import Delta, weights_sha256
 
@@ -441,6 +445,7 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
                                             gate_passed=gate_passed))
         for r, why in rejected:
             records.append(L.request_record("rejected", r, None, why))
+        records += [dict(x) for x in (extra_records(v) if callable(extra_records) else extra_records)]
         _append(c, name, records)
     log.info("%s: registered version %d from %d in %.2f s", name, v, parent_version, time.perf_counter() - t0)
     return info_of(c.get_model_version(name, str(v)), aliases(c, name))

@@ -1,0 +1,529 @@
+"""The fact-update pipeline as plain functions; :mod:`flows.flow` runs them as Prefect tasks.
+
+One run over an inbox of request files (``*.jsonl``, ``*.json``, ``*.csv``, top level only)::
+
+    ingest     validate every file together (Great Expectations); conflicting requests for one fact are
+               resolved by ``policy`` (latest-wins: the latest ``requested_at`` is kept, the others superseded)
+    dedupe     drop requests whose content the ledger already applied in the parent's lineage
+    edit+gate  edit the parent version with the batch (MEMIT by default), gate the result against the parent
+    bisect     when the gate fails: the largest passing subset is kept, the rest rejected with the reason
+    commit     register the version with every record of the run in one ledger append (or, with nothing to
+               apply, append the records alone); the ledger append is the commit point
+    files      move each inbox file to ``processed/`` or, when any of its rows was quarantined or it could not
+               be read, to ``quarantine/`` (with a ``.reasons.json`` beside it)
+
+**Failure anywhere leaves nothing half done.** Nothing is written to the registry or the ledger before the
+commit; a process killed during registration leaves a version the next change withdraws (see
+:func:`registry.versions.withdraw_unrecorded`); the inbox files stay where they are until after the commit, and
+a file whose content (SHA-256) a committed run already processed is only moved on the next run, never applied
+twice. Requests applied before are skipped by content hash, so a file dropped twice applies nothing twice.
+
+**One run per model at a time:** :func:`run_lock` is a file lock under ``FACTSMITH_HOME/locks``, released by the
+operating system when its holder dies (kill -9 included). Across machines the registry's optimistic
+concurrency refuses the second registration, and that run fails with its inbox intact for the next one.
+
+The parent of an edit is the newest version whose gate passed; the new version is a ``candidate``
+(``promote=True`` also makes it ``champion``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from registry.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+PATTERNS = ("*.jsonl", "*.json", "*.csv")
+END_STATES = ("applied", "rejected", "quarantined", "superseded")
+
+
+class PipelineError(RegistryError):
+    """The run cannot go on (no registered model, a broken inbox directory); nothing was committed."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    name: str
+    method: str = "memit"
+    policy: str = "latest-wins"  # requests with different targets for one fact: latest-wins | reject
+    hparams_file: Path | None = None
+    gate_policy_file: Path | None = None
+    protected_file: Path | None = None
+    promote: bool = False
+    bisect: bool = True
+    requested_by: str | None = None  # who started the run (recorded with the run)
+
+
+@dataclass
+class InboxFile:
+    path: Path
+    sha256: str
+    done_by: int | None = None  # the ledger seq of a committed run that already processed this content
+
+
+@dataclass
+class Intake:
+    """What validation and deduplication left to edit, and what already has its end state."""
+
+    files: list[InboxFile]
+    todo: list[Any] = field(default_factory=list)  # validation.requests.Request
+    quarantined: list[Any] = field(default_factory=list)  # validation.requests.Quarantined
+    superseded: list[Any] = field(default_factory=list)  # validation.conflicts.Superseded
+    already: list[tuple[Any, dict]] = field(default_factory=list)  # (request, the ledger's applied record)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    docs: Path | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run did: the version registered (or None), each request's end state, and the reports."""
+
+    version: int | None
+    parent_version: int | None
+    states: dict[str, list[dict[str, Any]]]
+    already_applied: list[str]
+    gate: Any = None  # validation.gate.GateReport of the registered batch
+    report_html: Path | None = None
+    moved: list[dict[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    bisect_runs: int = 0
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(self.states.get(s, [])) for s in END_STATES}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "parent_version": self.parent_version, "counts": self.counts(),
+                "already_applied": len(self.already_applied), "states": self.states,
+                "gate": None if self.gate is None else self.gate.to_json(),
+                "report_html": str(self.report_html) if self.report_html else None, "moved": self.moved,
+                "bisect_runs": self.bisect_runs, "unreadable": self.unreadable, "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+# --------------------------------------------------------------------------------------------------
+# inbox
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inbox_files(inbox: Path) -> list[Path]:
+    """The request files at the top level of ``inbox`` (``processed/`` and ``quarantine/`` are below it)."""
+    if not inbox.is_dir():
+        raise PipelineError(f"{inbox}: inbox directory not found")
+    out = {p for pat in PATTERNS for p in inbox.glob(pat) if p.is_file() and not p.name.startswith(".")}
+    return sorted(out)
+
+
+def run_lock(name: str, timeout: float = 0.0):
+    """The lock that lets one run at a time edit ``name`` (a context manager; raises ``filelock.Timeout``)."""
+    from filelock import FileLock
+    from registry.refs import check_name
+    from registry.store import home
+
+    d = home() / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(d / f"run.{check_name(name)}.lock"), timeout=timeout)
+
+
+def _processed_contents(name: str) -> dict[str, int]:
+    """File SHA-256 -> ledger seq of the committed run that processed a file with that content."""
+    from registry import ledger as L
+
+    out: dict[str, int] = {}
+    for r in L.read(name):
+        if r.get("event") == "run":
+            for f in r.get("files") or ():
+                out.setdefault(f.get("sha256"), r.get("seq"))
+    return out
+
+
+def scan(inbox: Path, name: str) -> list[InboxFile]:
+    done = _processed_contents(name)
+    files = []
+    for p in inbox_files(inbox):
+        sha = file_sha256(p)
+        files.append(InboxFile(p, sha, done.get(sha)))
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# ingest and dedupe
+
+
+def applied_in(name: str, version: int, store) -> dict[str, dict[str, Any]]:
+    """content hash -> the ``applied`` ledger record in effect in ``version`` (its lineage)."""
+    from registry.lineage import facts_in, lineage
+
+    chain = [i.version for i in lineage(name, version, store)]
+    return {r["content_hash"]: r for r in facts_in(name, chain).values() if r.get("content_hash")}
+
+
+def ingest(files: list[InboxFile], name: str, parent_version: int, policy: str, store,
+           docs_dir: Path | None = None) -> Intake:
+    from validation.validate import validate_files
+
+    todo_files = [f for f in files if f.done_by is None]
+    out = Intake(files=files)
+    if not todo_files:
+        return out
+    report = validate_files([f.path for f in todo_files], policy=policy, docs_dir=docs_dir)
+    out.quarantined, out.superseded, out.unreadable, out.docs = (report.quarantined, report.superseded,
+                                                                 report.unreadable, report.docs)
+    applied = applied_in(name, parent_version, store)
+    for r in report.accepted:
+        rec = applied.get(r.content_hash)
+        if rec is not None:
+            out.already.append((r, rec))
+        else:
+            out.todo.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# edit, gate, bisect
+
+
+@dataclass
+class Workspace:
+    """The parent version in memory and everything an edit and a gate of it need."""
+
+    parent: Any  # registry.lineage.VersionInfo
+    newest: int
+    model: Any
+    tokenizer: Any
+    base_dir: Path
+    hparams: Any
+    corpus: list[Path] | None
+    gate_policy: Any
+    protected: list[Any]
+    pool: list[Any]
+    text: str
+
+
+def parent_of(name: str, store) -> tuple[Any, int]:
+    """(the newest version whose gate passed, the newest version): edits build on the first and must still
+    find the second the newest when they register."""
+    from registry.lineage import promotable
+    from registry.versions import versions
+
+    vs = versions(name, store)
+    if not vs:
+        raise PipelineError(f"model {name!r} has no versions (factsmith registry init --model DIR --name {name})")
+    good = [v for v in vs if promotable(v)]
+    return good[-1], vs[-1].version
+
+
+def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace:
+    from editing import hparams as H
+    from editing.arch import spec_for
+    from registry.lineage import artifacts_dir, lineage, rebuild
+    from sandbox.trainer import model_corpus
+    from validation.gate import load_policy
+    from validation.probes import fluency_text, load_protected, model_facts
+
+    from . import settings
+
+    model, tok, _ = rebuild(options.name, parent.version, store)
+    base = lineage(options.name, parent.version, store)[0]
+    base_dir = artifacts_dir(store.client(), store, base) / "model"
+    if options.hparams_file is not None:
+        hp = H.load(options.hparams_file, options.method)
+    else:
+        family = "sandbox" if (base_dir / "sandbox.json").is_file() else spec_for(model).family
+        hp = H.load(H.builtin_path(options.method, family), options.method)
+    prot_path = options.protected_file or (settings.home() / "protected_facts.jsonl")
+    protected = load_protected(prot_path) if prot_path.is_file() else []
+    return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(options.gate_policy_file),
+                     protected, model_facts(base_dir), fluency_text(base_dir))
+
+
+@dataclass
+class Attempt:
+    requests: list[Any]
+    model: Any
+    delta: Any
+    report: Any
+    timings: dict[str, float]
+
+
+def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attempt:
+    """Edit a copy of the parent with ``requests`` and gate it against the parent (the parent is untouched)."""
+    from editing.delta import apply
+    from editing.engine import compute_edit
+    from editing.requests import check_distinct
+    from editing.store import Store as EditStore
+    from validation.gate import run_gate
+
+    edit_requests = [r.to_edit_request() for r in requests]
+    check_distinct(edit_requests)
+    t0 = time.perf_counter()
+    result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, EditStore(cache_dir),
+                          corpus_files=ws.corpus)
+    edited = copy.deepcopy(ws.model)
+    apply(edited, result.delta)
+    t_edit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
+                      text=ws.text)
+    return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
+
+
+@dataclass
+class Search:
+    attempt: Attempt | None  # the batch to register (None: nothing passed)
+    rejected: dict[str, str]  # request id -> reason
+    runs: int  # edit + gate runs
+    timings: dict[str, float]  # edit and gate seconds over all runs
+
+
+def edit_gate_bisect(ws: Workspace, requests: list[Any], cache_dir: Path, bisect: bool = True,
+                     on_attempt: Callable[[Attempt], None] | None = None) -> Search:
+    """Edit and gate the whole batch; when the gate fails, bisect for the largest passing subset."""
+    from validation.bisect import bisect as search
+
+    attempts: dict[tuple[str, ...], Attempt] = {}
+    timings = {"edit": 0.0, "gate": 0.0}
+
+    def check(sub: list[Any]):
+        a = edit_and_gate(ws, sub, cache_dir)
+        attempts[tuple(r.id for r in sub)] = a
+        for k in timings:
+            timings[k] += a.timings[k]
+        if on_attempt:
+            on_attempt(a)
+        return a.report
+
+    first = check(list(requests))
+    if first.passed:
+        return Search(attempts[tuple(r.id for r in requests)], {}, 1, timings)
+    if not bisect:
+        reason = "gate failed: " + "; ".join(f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}"
+                                             for f in first.failures)
+        return Search(None, {r.id: reason for r in requests}, 1, timings)
+    res = search(list(requests), check, first=first)
+    best = attempts[tuple(r.id for r in res.passed)] if res.passed else None
+    return Search(best, res.rejected, res.runs + 1, timings)
+
+
+# --------------------------------------------------------------------------------------------------
+# commit and file moves
+
+
+def _records(intake: Intake) -> list[dict[str, Any]]:
+    """Ledger records for the rows that end this run without being applied: quarantined, superseded by a
+    later request, or asking for what the ledger already applied under another id. The same request again
+    (a file dropped twice) already has its record and gets none."""
+    from registry import ledger as L
+
+    recs = [L.quarantined_record(q) for q in intake.quarantined]
+    for s in intake.superseded:
+        recs.append(L.request_record("superseded", s.request, None, f"superseded by request {s.by}: {s.reason}"))
+    for r, applied in intake.already:
+        if applied.get("request_id") == r.id:
+            continue
+        recs.append(L.request_record("superseded", r, applied.get("version"),
+                                     f"already applied in version {applied.get('version')} by request "
+                                     f"{applied.get('request_id')} (same content)"))
+    return recs
+
+
+def run_record(intake: Intake, version: int | None, counts: dict[str, int], flow_run: str | None,
+               requested_by: str | None) -> dict[str, Any]:
+    from registry import ledger as L
+
+    return L.model_record("run", version, files=[{"file": f.path.name, "sha256": f.sha256} for f in intake.files],
+                          counts=counts, flow_run=flow_run, requested_by=requested_by)
+
+
+def move_files(intake: Intake, inbox: Path) -> list[dict[str, str]]:
+    """Move each processed file to ``processed/`` or ``quarantine/``; idempotent after a crash (a file already
+    moved is simply gone from the inbox)."""
+    bad_files = {str(Path(q.origin.file).resolve()) for q in intake.quarantined}
+    bad_files |= {str(Path(u["file"]).resolve()) for u in intake.unreadable}
+    reasons: dict[str, list[dict[str, Any]]] = {}
+    for q in intake.quarantined:
+        reasons.setdefault(str(Path(q.origin.file).resolve()), []).append(q.to_json())
+    for u in intake.unreadable:
+        reasons.setdefault(str(Path(u["file"]).resolve()), []).append({"error": u["error"]})
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for f in intake.files:
+        if not f.path.exists():
+            continue
+        key = str(f.path.resolve())
+        where = "quarantine" if key in bad_files else "processed"
+        dst_dir = inbox / where
+        dst_dir.mkdir(exist_ok=True)
+        dst = dst_dir / f"{stamp}-{f.path.name}"
+        if key in reasons:
+            tmp = dst.with_name(dst.name + ".reasons.json.tmp")
+            tmp.write_text(json.dumps(reasons[key], ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+            tmp.replace(dst.with_name(dst.name + ".reasons.json"))
+        shutil.move(str(f.path), dst)
+        moved.append({"file": f.path.name, "to": str(dst), "where": where})
+    return moved
+
+
+def states_of(intake: Intake, applied: list[Any], rejected: dict[str, str], by_id: dict[str, Any],
+              version: int | None) -> dict[str, list[dict[str, Any]]]:
+    states: dict[str, list[dict[str, Any]]] = {s: [] for s in END_STATES}
+    for r in applied:
+        states["applied"].append({"id": r.id, "subject": r.subject, "new": r.target_new, "version": version})
+    for rid, why in rejected.items():
+        r = by_id[rid]
+        states["rejected"].append({"id": rid, "subject": r.subject, "new": r.target_new, "reason": why})
+    for q in intake.quarantined:
+        states["quarantined"].append({"id": q.id, "file": Path(q.origin.file).name, "line": q.origin.line,
+                                      "reason": q.reason})
+    for s in intake.superseded:
+        states["superseded"].append({"id": s.request.id, "subject": s.request.subject, "by": s.by, "reason": s.reason})
+    return states
+
+
+def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: Attempt | None,
+           rejected: dict[str, str], store, flow_run: str | None = None) -> tuple[int | None, Path | None,
+                                                                                    dict[str, list]]:
+    """Register the attempt (or record the run alone) in one ledger append; returns (version, gate.html,
+    states). Nothing before this writes to the registry or the ledger."""
+    import tempfile
+
+    from registry import ledger as L
+    from registry import versions as V
+    from registry.lineage import artifacts_dir
+    from validation.report import write_reports
+
+    by_id = {r.id: r for r in intake.todo}
+    applied = attempt.requests if attempt is not None else []
+    extra = _records(intake)
+    version, html = None, None
+    if attempt is not None:
+        states = states_of(intake, applied, rejected, by_id, None)
+        with tempfile.TemporaryDirectory(prefix="factsmith-run-") as tmp:
+            attempt.report.meta = {"model": options.name, "parent_version": ws.parent.version, "flow_run": flow_run}
+            write_reports(attempt.report, tmp)
+
+            def run_rec(v: int) -> list[dict[str, Any]]:
+                states_v = states_of(intake, applied, rejected, by_id, v)
+                return extra + [run_record(intake, v, {k: len(x) for k, x in states_v.items()}, flow_run,
+                                           options.requested_by)]
+
+            info = V.register(options.name, ws.parent.version, attempt.model, attempt.delta, requests=applied,
+                              reports_dir=tmp, method=options.method,
+                              rejected=[(by_id[i], why) for i, why in rejected.items()],
+                              expected_latest=ws.newest, extra_records=run_rec, store=store)
+        version = info.version
+        states = states_of(intake, applied, rejected, by_id, version)
+        html = artifacts_dir(store.client(), store, info) / "gate" / "gate.html"
+        if options.promote:
+            V.promote(options.name, version, requested_by=options.requested_by, store=store)
+    else:
+        states = states_of(intake, [], rejected, by_id, None)
+        recs = [L.request_record("rejected", by_id[i], None, why) for i, why in rejected.items()]
+        recs += extra + [run_record(intake, None, {k: len(x) for k, x in states.items()}, flow_run,
+                                    options.requested_by)]
+        V.record(options.name, recs, store=store)
+    return version, html, states
+
+
+# --------------------------------------------------------------------------------------------------
+# one run
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """The steps :func:`run` calls: plain functions by default, Prefect tasks in :mod:`flows.flow`."""
+
+    scan_inbox: Callable[..., list[InboxFile]]
+    validate: Callable[..., Intake]
+    edit_gate_bisect: Callable[..., Search]
+    commit: Callable[..., tuple[int | None, Path | None, dict[str, list]]]
+    move_files: Callable[..., list[dict[str, str]]]
+
+
+def _validate(files: list[InboxFile], options: RunOptions, parent_version: int, store) -> Intake:
+    from . import settings
+
+    return ingest(files, options.name, parent_version, options.policy, store,
+                  docs_dir=settings.home() / "validation" / "docs")
+
+
+def _edit_gate_bisect(ws: Workspace, requests: list[Any], bisect: bool) -> Search:
+    from . import settings
+
+    return edit_gate_bisect(ws, requests, settings.cache_dir(), bisect=bisect)
+
+
+PLAIN = Tasks(scan_inbox=scan, validate=_validate, edit_gate_bisect=_edit_gate_bisect, commit=commit,
+              move_files=move_files)
+
+
+def default_model(store) -> str:
+    """The only registered model (a run must name one when there are several)."""
+    from registry.store import model_names
+
+    names = model_names(store.client())
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise PipelineError("no registered model (run: factsmith registry init --model DIR --name NAME)")
+    raise PipelineError(f"--model: expected one of {', '.join(names)} (several models are registered)")
+
+
+def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, tasks: Tasks = PLAIN,
+        lock_timeout: float = 0.0) -> Outcome:
+    """One pipeline run over ``inbox`` for ``options.name``; see the module docstring."""
+    from filelock import Timeout
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    try:
+        lock = run_lock(options.name, timeout=lock_timeout)
+        lock.acquire()
+    except Timeout:
+        raise PipelineError(f"model {options.name!r}: another run is editing it (lock {lock.lock_file}); "
+                            f"try again when it ends") from None
+    try:
+        t0 = time.perf_counter()
+        files = tasks.scan_inbox(inbox, options.name)
+        parent, newest = parent_of(options.name, store)
+        intake = tasks.validate(files, options, parent.version, store)
+        timings["validate"] = time.perf_counter() - t0
+        ws, found = None, Search(None, {}, 0, {})
+        if intake.todo:
+            t0 = time.perf_counter()
+            ws = workspace(options, store, parent, newest)
+            timings["load"] = time.perf_counter() - t0
+            found = tasks.edit_gate_bisect(ws, intake.todo, options.bisect)
+            timings.update(found.timings)
+        version, html = None, None
+        states: dict[str, list[dict[str, Any]]] = {s: [] for s in END_STATES}
+        if any(f.done_by is None for f in files):
+            t0 = time.perf_counter()
+            version, html, states = tasks.commit(options, ws, intake, found.attempt, found.rejected, store, flow_run)
+            timings["commit"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        moved = tasks.move_files(intake, inbox)
+        timings["move"] = time.perf_counter() - t0
+    finally:
+        lock.release()
+    timings["total"] = time.perf_counter() - t_all
+    return Outcome(version=version, parent_version=parent.version if version is not None else None, states=states,
+                   already_applied=[r.id for r, _ in intake.already],
+                   gate=found.attempt.report if found.attempt is not None else None, report_html=html, moved=moved,
+                   timings=timings, bisect_runs=found.runs, unreadable=intake.unreadable)
