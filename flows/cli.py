@@ -219,7 +219,8 @@ def _load_model(model_dir: Path):
 
 @sandbox_app.command("ask")
 def sandbox_ask(
-    model_dir: Path = typer.Option(..., "--model", help="Model directory."),
+    model_dir: str = typer.Option(..., "--model", help="Model directory, or a registered version: NAME@alias "
+                                  "(demo@champion) or NAME/VERSION."),
     prompt: str = typer.Option(..., "--prompt", help="Prompt; '{}' is replaced by --subject."),
     subject: Optional[str] = typer.Option(None, "--subject"),
     as_json: bool = JsonOpt,
@@ -232,7 +233,15 @@ def sandbox_ask(
             if prompt.count("{}") != 1:
                 raise ValueError("--prompt: expected exactly one '{}' when --subject is given")
             prompt = prompt.replace("{}", subject)
-        model, tok = _load_model(model_dir)
+        if Path(model_dir).is_dir():
+            model, tok = _load_model(Path(model_dir))
+        else:
+            from registry.lineage import load_model
+            from registry.refs import parse_ref
+
+            parse_ref(model_dir)  # a clear error for something that is neither a directory nor a reference
+            model, tok = load_model(model_dir)
+            model.eval()
         answer = greedy_answers(model, tok, [prompt])[0]
     emit_json({"prompt": prompt, "answer": answer}) if as_json else print(f"{prompt} -> {answer}")
 
@@ -980,10 +989,14 @@ def _print_gate(res, paths: dict) -> None:
 
 @app.command()
 def demo(
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="The demo sandbox's training seed."),
+    method: str = typer.Option("memit", "--method", help="rome or memit."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The newcomer's tour: build (or reuse) the demo sandbox and show what it knows."""
+    """The newcomer's tour: build (or reuse) the demo sandbox, register it as version 1 champion, and run the
+    fact_update flow on the shipped inbox of 2024-2025 changes of government. A second run applies nothing
+    twice."""
+    import shutil
     import time
 
     from flows import settings
@@ -991,31 +1004,40 @@ def demo(
 
     t0 = time.perf_counter()
     out = settings.models_dir() / "demo-sandbox"
-    with _errors(as_json):
+    with _registry_errors(as_json):
+        _check_method(method)
         result = build_model(None, out, "demo", seed, None, force=True, cache=True, quiet=as_json)
-        table = knowledge_table(out)
-    m = result.manifest
-    res = {
-        "ok": True,
-        "model": str(out),
-        "cached": result.cached,
-        "accuracy": {k: m["accuracy"][k] for k in ("train", "heldout", "by_relation")},
-        "known": table["correct"],
-        "facts": table["total"],
-        "build_seconds": m["seconds"],
-        "seconds": round(time.perf_counter() - t0, 2),
-        "example_inbox": str(example_inbox()),
-        "home": str(settings.home()),
-    }
+        from registry.store import open_store, tracking_uri
+        from registry.versions import init
+
+        store = open_store()
+        base, created = init(out, DEMO_MODEL, store=store)
+        inbox = settings.home() / "demo" / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        for f in sorted(example_inbox().glob("*.jsonl")):  # dropped again on every run: the flow is idempotent
+            shutil.copy2(f, inbox / f.name)
+        if not as_json:
+            m = result.manifest
+            _stderr().print(f"demo sandbox: {out} ({'from the cache' if result.cached else 'built'}; knows "
+                            f"{m['accuracy']['train']:.0%} of its facts); registered as {DEMO_MODEL!r} version "
+                            f"{base.version} ({'new' if created else 'already there'}). Running fact_update on "
+                            f"{inbox} ...", highlight=False)
+        res = run_pipeline(inbox, DEMO_MODEL, method=method, policy="latest-wins", promote=True, bisect=True,
+                           requested_by="factsmith demo")
+    res.update(seconds=round(time.perf_counter() - t0, 1), sandbox=str(out), sandbox_cached=result.cached,
+               tracking_uri=tracking_uri(), inbox=str(inbox))
+    ui = f"mlflow ui --backend-store-uri '{tracking_uri()}'"
     if as_json:
-        emit_json(res)
+        emit_json({"ok": True, **res, "mlflow_ui": ui})
         return
-    _print_build(result)
-    _print_knowledge(table, f"What the demo model knows, main phrasing ({table['correct']}/{table['total']} correct)")
+    _print_run(res)
     _stdout().print(
-        f"\nModel: {out}\nExample inbox of 2024–2025 changes of government: {example_inbox()}\n"
-        f"Ask it yourself: factsmith sandbox ask --model {out} --prompt 'The capital of {{}} is' --subject France\n"
-        f"Done in {res['seconds']} s.", highlight=False)
+        f"\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit --subject France\n"
+        f"Ask the new champion: factsmith sandbox ask --model {DEMO_MODEL}@champion --prompt 'The head of government "
+        f"of {{}} is' --subject France\nDone in {res['seconds']} s.", highlight=False)
+
+
+DEMO_MODEL = "demo"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1337,8 +1359,10 @@ def _print_run(res: dict[str, Any]) -> None:
         out.print(f"\nRegistered [bold]{res['model']} version {res['version']}[/] (from version {res['parent_version']}; "
                   f"{'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
         out.print(f"Gate report: {res['report_html']}", highlight=False)
-    elif res["already_applied"] and not any(res["counts"].values()):
-        out.print("\nNothing new: every request in the inbox is already applied; no version registered.")
+    elif (res["already_applied"] or res["done_files"]) and not any(res["counts"].values()):
+        what = [f"{len(res['done_files'])} file(s) already processed by an earlier run"] if res["done_files"] else []
+        what += [f"{res['already_applied']} request(s) already applied"] if res["already_applied"] else []
+        out.print(f"\nNothing new ({'; '.join(what)}): nothing applied twice, no version registered.")
     else:
         out.print("\nNo version registered.")
     for m in res["moved"]:

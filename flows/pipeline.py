@@ -98,6 +98,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     bisect_runs: int = 0
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    done_files: list[str] = field(default_factory=list)  # inbox files an earlier committed run processed
 
     def counts(self) -> dict[str, int]:
         return {s: len(self.states.get(s, [])) for s in END_STATES}
@@ -107,7 +108,7 @@ class Outcome:
                 "already_applied": len(self.already_applied), "states": self.states,
                 "gate": None if self.gate is None else self.gate.to_json(),
                 "report_html": str(self.report_html) if self.report_html else None, "moved": self.moved,
-                "bisect_runs": self.bisect_runs, "unreadable": self.unreadable, "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+                "bisect_runs": self.bisect_runs, "unreadable": self.unreadable, "done_files": self.done_files, "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,6 +502,9 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
     try:
         t0 = time.perf_counter()
         files = tasks.scan_inbox(inbox, options.name)
+        from registry.versions import reconcile
+
+        reconcile(options.name, store)  # a version a killed run created but never committed is withdrawn first
         parent, newest = parent_of(options.name, store)
         intake = tasks.validate(files, options, parent.version, store)
         timings["validate"] = time.perf_counter() - t0
@@ -526,4 +530,5 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
     return Outcome(version=version, parent_version=parent.version if version is not None else None, states=states,
                    already_applied=[r.id for r, _ in intake.already],
                    gate=found.attempt.report if found.attempt is not None else None, report_html=html, moved=moved,
-                   timings=timings, bisect_runs=found.runs, unreadable=intake.unreadable)
+                   timings=timings, bisect_runs=found.runs, unreadable=intake.unreadable,
+                   done_files=[f.path.name for f in files if f.done_by is not None])

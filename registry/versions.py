@@ -118,6 +118,20 @@ def _check_ledger(client, store: Store, name: str) -> None:
     withdraw_unrecorded(client, store, name)
 
 
+def reconcile(name: str, store: Store | None = None) -> list[int]:
+    """Check the ledger and withdraw the versions an interrupted registration left (see
+    :func:`withdraw_unrecorded`), under the model's lock; returns the withdrawn version numbers. A pipeline
+    calls it before choosing the parent of its edit."""
+    st = store or open_store()
+    c = st.client()
+    with st.lock(name):
+        check = L.verify(name, _anchor_of(c, name))
+        if not check.ok:
+            raise L.LedgerError(f"model {name!r}: the ledger is broken: {check.problems[0]} "
+                                f"(factsmith audit --verify --name {name})")
+        return withdraw_unrecorded(c, st, name)
+
+
 def withdraw_unrecorded(client, store: Store, name: str) -> list[int]:
     """Delete the versions of ``name`` that the ledger never mentions; returns their numbers.
 

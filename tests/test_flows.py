@@ -1,0 +1,219 @@
+"""The fact_update pipeline on the tiny sandbox and a real sqlite registry: end states, idempotency, the
+Prefect flow in-process through ``factsmith run``, kill -9 at three points, and two runs at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NAME = "tiny"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _capitals(build, first: int, n: int, by: str = "alice") -> list[dict]:
+    """``n`` requests moving capitals (subject i gets subject i+1's capital), from fact ``first`` on."""
+    from sandbox.trainer import model_facts
+
+    caps = [f for f in model_facts(build.path) if f.relation == "capital"][first:first + n + 1]
+    return [{"id": f"cap-{first + i}", "subject": f.subject, "prompt": f.prompts[0], "target_new": caps[i + 1].target,
+             "target_true": f.target, "relation": "capital", "requested_by": by,
+             "requested_at": f"2025-0{1 + i}-01T00:00:00Z"} for i, f in enumerate(caps[:n])]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def registry_home(tmp_path, monkeypatch, tiny_build, home):
+    """A fresh FACTSMITH_HOME with the tiny sandbox registered as version 1; the editing cache (statistics)
+    is the session's, so each test does not recompute it."""
+    from registry import versions as V
+    from registry.store import open_store
+
+    h = tmp_path / "home"
+    h.mkdir()
+    (home / "cache").mkdir(exist_ok=True)
+    (h / "cache").symlink_to(home / "cache", target_is_directory=True)
+    monkeypatch.setenv("FACTSMITH_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    store = open_store()
+    V.init(tiny_build.path, NAME, store=store)
+    return h, store
+
+
+def _ledger():
+    from registry import ledger as L
+
+    return L.read(NAME)
+
+
+def _applied_ids() -> list[str]:
+    return sorted(r["request_id"] for r in _ledger() if r["event"] == "applied")
+
+
+def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_twice(registry_home, tiny_build):
+    from flows import pipeline as P
+    from registry import audit
+    from registry.versions import versions
+
+    h, store = registry_home
+    inbox = h / "inbox"
+    good = _capitals(tiny_build, 0, 2)
+    older = dict(good[0], id="cap-old", target_new="Oslo", requested_at="2024-01-01T00:00:00Z")  # same fact, earlier
+    bad = {"id": "bad-1", "subject": "Chad", "prompt": "no placeholder here", "target_new": "X"}
+    _write(inbox / "a.jsonl", good + [older, bad])
+    out = P.run(P.RunOptions(name=NAME), inbox, store)
+
+    assert out.version == 2 and out.parent_version == 1
+    c = out.counts()
+    assert c == {"applied": 2, "rejected": 0, "quarantined": 1, "superseded": 1}
+    assert out.gate.passed and out.report_html.is_file()
+    assert [i.version for i in versions(NAME, store)] == [1, 2]
+    states = {(r["event"], r["request_id"]) for r in _ledger() if r["event"] in P.END_STATES}
+    assert states == {("applied", "cap-0"), ("applied", "cap-1"), ("superseded", "cap-old"),
+                      ("quarantined", "bad-1")}
+    q = next(r for r in _ledger() if r["event"] == "quarantined")
+    assert q["origin"]["line"] == 4 and "prompt" in q["state_reason"]
+    # the file had a bad row: it moves to quarantine/ with the reasons beside it; the inbox is empty
+    assert not list(inbox.glob("*.jsonl"))
+    moved = Path(out.moved[0]["to"])
+    assert moved.parent.name == "quarantine" and moved.is_file()
+    reasons = json.loads(moved.with_name(moved.name + ".reasons.json").read_text())
+    assert reasons[0]["line"] == 4
+
+    # the same file dropped again, and the same requests under new ids: nothing is applied twice
+    shutil.copy2(moved, inbox / "a.jsonl")
+    _write(inbox / "b.jsonl", [dict(good[0], id="cap-0-again"), dict(good[1])])
+    out2 = P.run(P.RunOptions(name=NAME), inbox, store)
+    assert out2.version is None and out2.done_files == ["a.jsonl"]
+    assert sorted(out2.already_applied) == ["cap-0-again", "cap-1"]
+    assert [i.version for i in versions(NAME, store)] == [1, 2]
+    assert _applied_ids() == ["cap-0", "cap-1"]
+    again = next(r for r in _ledger() if r.get("request_id") == "cap-0-again")
+    assert again["event"] == "superseded" and "already applied in version 2" in again["state_reason"]
+    assert not list(inbox.glob("*.jsonl"))
+    assert audit.verify(NAME, store).ok
+
+
+def test_a_batch_the_gate_rejects_registers_nothing_and_records_why(registry_home, tiny_build, tmp_path):
+    from flows import pipeline as P
+    from registry.versions import versions
+
+    h, store = registry_home
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("max_norm_growth: 1.0\n")  # any edit grows the edited matrix: the gate must fail
+    inbox = h / "inbox"
+    _write(inbox / "a.jsonl", _capitals(tiny_build, 3, 2))
+    out = P.run(P.RunOptions(name=NAME, bisect=False, gate_policy_file=strict), inbox, store)
+    assert out.version is None and out.counts()["rejected"] == 2
+    assert [i.version for i in versions(NAME, store)] == [1]
+    rej = [r for r in _ledger() if r["event"] == "rejected"]
+    assert len(rej) == 2 and all("max_norm_growth" in r["state_reason"] for r in rej)
+    assert (h / "inbox" / "processed").is_dir() and not list(inbox.glob("*.jsonl"))
+
+
+def test_factsmith_run_runs_the_prefect_flow_in_process(registry_home, tiny_build, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    h, _ = registry_home
+    monkeypatch.setenv("PREFECT_HOME", str(h / "prefect"))
+    inbox = h / "inbox"
+    _write(inbox / "a.jsonl", _capitals(tiny_build, 6, 1))
+    r = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--promote", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["version"] == 2 and res["counts"]["applied"] == 1 and res["promoted"]
+    assert res["gate"]["passed"] and Path(res["report_html"]).is_file()
+    r = CliRunner().invoke(app, ["versions", "--json"])
+    vs = json.loads(r.stdout)["versions"]
+    assert [v["version"] for v in vs] == [1, 2] and "champion" in vs[1]["aliases"]
+    # the flow's artifacts are in Prefect's database
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def keys():
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="fact-update")))
+            return {a.key for a in arts}
+
+    import asyncio
+
+    assert {"fact-update-tiny", "fact-update-tiny-requests"} <= asyncio.run(keys())
+
+
+def _worker(inbox: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.flow_worker", str(inbox), NAME, *extra], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(registry_home, tiny_build):
+    from flows import pipeline as P
+    from registry import audit
+    from registry.versions import versions
+
+    h, store = registry_home
+    env = {**os.environ, "FACTSMITH_HOME": str(h)}
+    inbox = h / "inbox"
+    _write(inbox / "a.jsonl", _capitals(tiny_build, 9, 2))
+    c = store.client()
+
+    def numbers() -> list[int]:
+        return sorted(int(m.version) for m in c.search_model_versions(f"name='{NAME}'"))
+
+    # 1. killed in the gate: the edit was computed, nothing was written
+    p = _worker(inbox, "--die-at", "gate", env=env)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert numbers() == [1] and [r["event"] for r in _ledger()] == ["base"]
+    assert (inbox / "a.jsonl").is_file()
+    # 2. killed between creating the version and committing it to the ledger: a version without records
+    p = _worker(inbox, "--die-at", "register", env=env)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert numbers() == [1, 2] and [r["event"] for r in _ledger()] == ["base"]
+    assert (inbox / "a.jsonl").is_file()
+    # 3. killed while moving the file, after the commit: the next run withdrew version 2 and registered 3
+    p = _worker(inbox, "--die-at", "move", env=env)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert numbers() == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
+    assert (inbox / "a.jsonl").is_file()
+    # 4. the next run only moves the file: nothing is applied twice, nothing is lost
+    out = P.run(P.RunOptions(name=NAME), inbox, store)
+    assert out.version is None and out.done_files == ["a.jsonl"] and not list(inbox.glob("*.jsonl"))
+    assert [i.version for i in versions(NAME, store)] == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
+    assert audit.verify(NAME, store).ok
+
+
+def test_two_runs_at_once_on_one_model_lose_no_edit(registry_home, tiny_build):
+    from registry import audit
+    from registry.versions import versions
+
+    h, store = registry_home
+    env = {**os.environ, "FACTSMITH_HOME": str(h)}
+    a, b = _write(h / "in-a" / "a.jsonl", _capitals(tiny_build, 12, 1)), _write(h / "in-b" / "b.jsonl",
+                                                                               _capitals(tiny_build, 14, 1))
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.flow_worker", str(p.parent), NAME, "--lock-timeout", "600"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p in (a, b)]
+    t0 = time.time()
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    got = sorted(json.loads(o[0].strip().splitlines()[-1])["version"] for o in outs)
+    assert got == [2, 3], (got, time.time() - t0)
+    vs = versions(NAME, store)
+    assert [(i.version, i.parent_version) for i in vs] == [(1, None), (2, 1), (3, 2)]  # the second built on the first
+    assert _applied_ids() == ["cap-12", "cap-14"]
+    assert audit.verify(NAME, store).ok
