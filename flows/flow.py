@@ -25,7 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from . import pipeline as P
+from flows import pipeline as P
 
 
 @task(name="scan-inbox", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -38,7 +38,7 @@ def scan_inbox(inbox: Path, name: str) -> list[P.InboxFile]:
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(files: list[P.InboxFile], options: P.RunOptions, parent_version: int, store) -> P.Intake:
-    from . import settings
+    from flows import settings
 
     intake = P.ingest(files, options.name, parent_version, options.policy, store,
                       docs_dir=settings.home() / "validation" / "docs")
@@ -49,7 +49,7 @@ def validate(files: list[P.InboxFile], options: P.RunOptions, parent_version: in
 
 @task(name="edit-gate-bisect", cache_policy=NO_CACHE)
 def edit_gate_bisect(ws: P.Workspace, requests: list[Any], bisect: bool):
-    from . import settings
+    from flows import settings
 
     log = get_run_logger()
 
