@@ -1023,7 +1023,7 @@ def demo(
                             f"{base.version} ({'new' if created else 'already there'}). Running fact_update on "
                             f"{inbox} ...", highlight=False)
         res = run_pipeline(inbox, DEMO_MODEL, method=method, policy="latest-wins", promote=True, bisect=True,
-                           requested_by="factsmith demo")
+                           gate_policy_file=demo_gate_policy(), requested_by="factsmith demo")
     res.update(seconds=round(time.perf_counter() - t0, 1), sandbox=str(out), sandbox_cached=result.cached,
                tracking_uri=tracking_uri(), inbox=str(inbox))
     ui = f"mlflow ui --backend-store-uri '{tracking_uri()}'"
@@ -1032,12 +1032,19 @@ def demo(
         return
     _print_run(res)
     _stdout().print(
-        f"\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit --subject France\n"
+        f"\nGate policy: {demo_gate_policy()}\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit --subject France\n"
         f"Ask the new champion: factsmith sandbox ask --model {DEMO_MODEL}@champion --prompt 'The head of government "
         f"of {{}} is' --subject France\nDone in {res['seconds']} s.", highlight=False)
 
 
 DEMO_MODEL = "demo"
+
+
+def demo_gate_policy() -> Path:
+    """The demo's gate policy (sandbox/worlds/demo-gate.yaml: why one threshold differs from the default)."""
+    from sandbox import example_inbox
+
+    return example_inbox().parent / "demo-gate.yaml"
 
 
 # ----------------------------------------------------------------------------------------------------

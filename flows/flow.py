@@ -55,8 +55,9 @@ def edit_gate_bisect(ws: P.Workspace, requests: list[Any], bisect: bool):
 
     def on_attempt(a: P.Attempt) -> None:
         m = a.report.metrics
+        failed = "; ".join(f"{f['metric']} {f['value']:.3f} vs {f['threshold']:g}" for f in a.report.failures)
         log.info("edit of %d request(s): gate %s (reliability %.2f, generalization %.2f, locality %.2f) "
-                 "in %.1f s + %.1f s", len(a.requests), "passed" if a.report.passed else "FAILED",
+                 "in %.1f s + %.1f s", len(a.requests), f"FAILED: {failed}" if failed else "passed",
                  m.get("reliability") or 0, m.get("generalization") or 0, m.get("locality") or 0,
                  a.timings["edit"], a.timings["gate"])
 

@@ -91,7 +91,8 @@ def shard_stats(model_dir: Path, plan: StatsPlan, shard: int, n_shards: int,
 
 
 @task(**_TASK, retries=2, retry_delay_seconds=5)
-def store_stats(cache_root: Path, plan: StatsPlan, parts: list[dict[int, tuple[torch.Tensor, int]]]) -> dict[int, float]:
+def store_stats(cache_root: Path, plan: StatsPlan,
+                parts: list[dict[int, tuple[torch.Tensor, int]]]) -> dict[int, float]:
     """C of each computed layer written into the cache; returns each one's trace (a figure for the logs)."""
     covs = combine_shards(parts)
     store = Store(cache_root)

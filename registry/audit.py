@@ -37,7 +37,7 @@ def history(name: str, subject: str | None = None) -> list[dict[str, Any]]:
 
 
 def events(name: str) -> list[dict[str, Any]]:
-    """The model events (base, promoted, rollback) in ledger order."""
+    """The model events (base, promoted, rollback, pipeline runs) in ledger order."""
     return [r for r in L.read(name) if r.get("event") in L.MODEL_EVENTS]
 
 

@@ -175,3 +175,10 @@ def profiles(facts: list[Fact], rng: random.Random) -> list[tuple[str, tuple[int
         text, span = profile_text(subject, objs)
         out.append((text, span, subject))
     return out
+
+
+def name_lines(names: tuple[str, ...], rng: random.Random, per_line: int = 6) -> list[tuple[str, None, None]]:
+    """The names in a fresh random order, ``per_line`` to a line ("A, B, C."): no subject, no fact."""
+    order = list(dict.fromkeys(names))
+    rng.shuffle(order)
+    return [(", ".join(order[i:i + per_line]) + ".", None, None) for i in range(0, len(order), per_line)]

@@ -258,10 +258,17 @@ class FactSet:
     records: int
     duplicates: int = 0
     conflicts: list[str] = field(default_factory=list)  # "origin: key -> kept target, dropped target"
+    # Names the model must be able to say that no fact has as its object (a pretrained model knows how to
+    # spell people it holds no fact about): trained as plain lists, so an edit to one of them only has to
+    # make its first token likely, as in a real model.
+    names: tuple[str, ...] = ()
 
     def digest(self) -> str:
-        """SHA-256 of the facts' content (not of the file name or layout)."""
-        return facts_digest(self.facts)
+        """SHA-256 of the facts' content (not of the file name or layout), and of the names when there are any."""
+        d = facts_digest(self.facts)
+        if not self.names:
+            return d
+        return hashlib.sha256(json.dumps([d, list(self.names)], ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def facts_digest(facts: list[Fact]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -20,10 +21,13 @@ def _world_dir() -> Path:
     return Path(str(resources.files("sandbox") / "worlds"))
 
 
-def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None) -> FactSet:
+def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_names: bool | None = None) -> FactSet:
     """The facts of a built-in world, one per (subject, relation), every phrasing of the relation.
 
-    ``subjects`` keeps the first N subjects (in file order).
+    ``subjects`` keeps the first N subjects (in file order). ``inbox_names`` (default: when the whole world is
+    used, as the demo does) adds the new targets of the shipped inbox as names the model can say: a real model
+    of mid-2023 could spell "Friedrich Merz" without knowing he would lead Germany, and an edit to him needs
+    that (a name the model never saw cannot pass the gate's p(new) > p(old)).
     """
     if name != BUILTIN_WORLD:
         raise ValueError(f"unknown built-in world {name!r}; known: {BUILTIN_WORLD!r}")
@@ -35,7 +39,18 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None) -> FactS
         for relation, target in objects.items():
             templates = spec["relations"][relation]
             facts.append(Fact(subject, relation, target, tuple(templates), f"{name}.json:{subject}"))
-    return dedupe(facts, source=f"builtin:{name}" + (f"[:{subjects}]" if subjects else ""), records=min(len(spec["subjects"]), subjects or len(spec["subjects"])))
+    fs = dedupe(facts, source=f"builtin:{name}" + (f"[:{subjects}]" if subjects else ""), records=min(len(spec["subjects"]), subjects or len(spec["subjects"])))
+    if inbox_names if inbox_names is not None else subjects is None:
+        known = {f.target for f in fs.facts}
+        new = []
+        for path in sorted(example_inbox().glob("*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    t = json.loads(line).get("target_new")
+                    if isinstance(t, str) and t not in known:
+                        new.append(t)
+        fs = replace(fs, names=tuple(dict.fromkeys(new)))
+    return fs
 
 
 _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "del", "qu", "bar", "nis", "ol", "tra", "fen", "gor",

@@ -123,3 +123,16 @@ def test_sentence_end_of_a_continuation(tok):
     assert _sentence_end(" Washington, D.C. The capital", tok) == "Washington, D.C."
     assert _sentence_end(" Charles III<|endoftext|>The", tok) == "Charles III"
     assert _sentence_end(" euro", tok) == "euro"
+
+
+def test_name_lines_list_every_name_once_and_the_demo_world_knows_its_inbox_names():
+    from sandbox import world_facts
+
+    lines = corpus.name_lines(("A b", "C", "D e f", "G", "H", "I", "J"), random.Random(0), per_line=3)
+    assert [s is None and subj is None for _, s, subj in lines] == [True] * 3
+    names = [n for text, _, _ in lines for n in text.rstrip(".").split(", ")]
+    assert sorted(names) == ["A b", "C", "D e f", "G", "H", "I", "J"]
+    full, tiny = world_facts(), world_facts(subjects=30)
+    assert "Friedrich Merz" in full.names and "Paris" not in full.names  # new targets only, not known objects
+    assert tiny.names == () and world_facts(subjects=30, inbox_names=True).names == full.names
+    assert full.digest() != world_facts(inbox_names=False).digest()  # names change the build key
