@@ -15,6 +15,9 @@ Every token of every sample contributes one key. Results are cached (safetensors
 the weights that determine the layer's keys (embeddings and all blocks up to the layer, except the matrix
 being edited — so sequential edits of one layer reuse the statistics), the corpus hash, the token count and
 the dtype.
+
+At scale the pass is split into shards (:func:`shard_second_moments`, one per worker; ``flows.stats_flow``
+maps them over a Dask cluster) whose float64 sums :func:`combine_shards` adds up into the same C.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .arch import edit_matrix, spec_for
+from .arch import edit_matrix, key_size, spec_for
 from .context import sample_ids
 from .hooks import Trace
 from .store import Store
@@ -143,6 +146,11 @@ def describe(model: nn.Module, layer: int, corpus: Corpus, dtype: str) -> dict:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
+def _length_order(seqs: list[list[int]]) -> list[int]:
+    """Indices of ``seqs`` by length (stable): the order the statistics pass batches them in, for less padding."""
+    return sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+
+
 @torch.no_grad()
 def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, dtype: str = "float32",
                            batch_size: int = 64, progress: Progress | None = None) -> dict[int, tuple[torch.Tensor, int]]:
@@ -153,7 +161,7 @@ def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, 
     device = next(model.parameters()).device
     sums: dict[int, torch.Tensor] = {}
     count = 0
-    seqs = sorted(range(len(corpus.sequences)), key=lambda i: len(corpus.sequences[i]))  # less padding
+    seqs = _length_order(corpus.sequences)
     pad = 0
     was_training = model.training
     model.eval()
@@ -204,6 +212,69 @@ def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: S
         sums = compute_second_moments(model, todo, corpus, dtype, progress=progress)
         for i, (s, n) in sums.items():
             out[i] = (s / n).cpu()  # on the CPU, as a cache hit is: the solves run there in float64
-            store.put_tensors("stats", descs[i], {"mom2": out[i], "count": torch.tensor(n)})
+            cache_second_moment(store, descs[i], out[i], n)
         log.info("statistics of layers %s over %d tokens in %.1f s", todo, corpus.tokens, time.perf_counter() - t0)
+    return out
+
+
+def cache_second_moment(store: Store, description: dict, C: torch.Tensor, count: int) -> None:
+    """Write C under ``description`` (from :func:`describe`) as :func:`second_moments` reads it back, whichever
+    process or cluster computed it."""
+    store.put_tensors("stats", description, {"mom2": C, "count": torch.tensor(count)})
+
+
+def shard_corpus(corpus: Corpus, shard: int, n_shards: int, batch_size: int = 64) -> Corpus:
+    """Shard ``shard`` of ``n_shards``: the batches ``shard``, ``shard + n_shards``, ... of the length-sorted
+    order that :func:`compute_second_moments` walks.
+
+    Whole batches, so that every batch holds the same sequences (and the same padding) as in the single pass:
+    its float32 product k kᵀ is then the same, and only the float64 additions across batches are grouped
+    differently. The sequences stay in sorted order, so the shard's own pass batches them the same way again.
+    Round-robin rather than contiguous ranges, so every shard gets a like share of short and long sequences.
+    """
+    if n_shards < 1 or not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} of {n_shards}: expected n_shards >= 1 and 0 <= shard < n_shards")
+    order = _length_order(corpus.sequences)
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    seqs = [corpus.sequences[i] for batch in batches[shard::n_shards] for i in batch]
+    return Corpus(f"{corpus.name}[shard {shard}/{n_shards}]", seqs, _hash_sequences(seqs))
+
+
+def shard_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, shard: int, n_shards: int,
+                         dtype: str = "float32", batch_size: int = 64) -> dict[int, tuple[torch.Tensor, int]]:
+    """(Σ k kᵀ in float64, number of keys) of each layer over one shard of ``corpus`` (:func:`shard_corpus`).
+
+    ``batch_size`` must be the one the single pass would use for the batches to match. A shard left without
+    batches (more shards than batches) contributes zeros, so a fixed shard count fits any corpus.
+    """
+    part = shard_corpus(corpus, shard, n_shards, batch_size)
+    if part.sequences:
+        return compute_second_moments(model, layers, part, dtype, batch_size)
+    device = next(model.parameters()).device
+    return {i: (torch.zeros(key_size(model, i), key_size(model, i), dtype=torch.float64, device=device), 0)
+            for i in layers}  # (d_k, d_k) each
+
+
+def combine_shards(parts: list[dict[int, tuple[torch.Tensor, int]]]) -> dict[int, torch.Tensor]:
+    """C = E[k kᵀ] (float64, on the CPU, as :func:`second_moments` stores it) of each layer from the shards' sums.
+
+    The shards add in float64 the same float32 batch products the single pass adds, grouped differently. A
+    product has 24 significant bits, so float64 leaves ~29 bits of room and the additions are usually exact:
+    C is then bit-equal to the single pass's (as in the tests); otherwise it is within a few ulp.
+    """
+    if not parts:
+        raise ValueError("no shards to combine")
+    layers = sorted(parts[0])
+    for n, p in enumerate(parts):
+        if sorted(p) != layers:
+            raise ValueError(f"shard {n}: layers {sorted(p)}, expected those of shard 0: {layers}")
+    out: dict[int, torch.Tensor] = {}
+    for i in layers:
+        count = sum(p[i][1] for p in parts)
+        if count == 0:
+            raise ValueError(f"layer {i}: the shards hold no keys")
+        total = parts[0][i][0].double().cpu()  # (d_k, d_k)
+        for p in parts[1:]:
+            total = total + p[i][0].double().cpu()
+        out[i] = total / count
     return out

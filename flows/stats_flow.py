@@ -1,6 +1,6 @@
 """Covariance statistics in shards over a Dask cluster: the scale-out path of ``factsmith stats``.
 
-    sharded_stats(Path("models/gpt2-xl"), layers=[13, 14, 15, 16, 17], n_shards=16,
+    sharded_stats(Path("/data/factsmith/models/gpt-j-6b"), layers=[3, 4, 5, 6, 7, 8], n_shards=16,
                   address="tcp://dask-scheduler:8786")
 
 One pass over a 100k-sample corpus through GPT-J is hours on one device; the sum Σ k kᵀ splits into
@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from editing import hparams as H
@@ -81,10 +83,10 @@ def shard_stats(model_dir: Path, plan: StatsPlan, shard: int, n_shards: int,
                 device: str) -> dict[int, tuple[torch.Tensor, int]]:
     """(Σ k kᵀ, key count) of each layer to compute over shard ``shard``, on the CPU (any worker can add them)."""
     model, _ = _load_model(model_dir)
-    for i in plan.todo:
-        if upstream_hash(model, i) != plan.descriptions[i]["weights"]:
-            raise RuntimeError(f"shard {shard}: the weights at {model_dir} differ from those the plan was made "
-                               f"from (layer {i}); every worker must see the same model directory")
+    deepest = max(plan.todo)  # its upstream weights include those of every shallower layer
+    if upstream_hash(model, deepest) != plan.descriptions[deepest]["weights"]:
+        raise RuntimeError(f"shard {shard}: the weights at {model_dir} differ from those the plan was made from "
+                           f"(up to layer {deepest}); every worker must see the same model directory")
     model.to(device)
     sums = shard_second_moments(model, plan.todo, plan.corpus, shard, n_shards, plan.dtype)
     return {i: (s.cpu(), n) for i, (s, n) in sums.items()}
@@ -132,7 +134,8 @@ def sharded_stats(model_dir: Path, layers: list[int] | None = None, n_shards: in
     ``samples`` and ``tokens`` override the hparams' ``stats.mom2_samples`` and ``stats.sample_tokens`` (tokens
     per built-in model sample), as ``factsmith stats --samples`` does. ``address``: an existing Dask scheduler
     (``tcp://host:8786``); without one, a local cluster lives for the run. The task runner is chosen here, at
-    run time, so the work itself is the subflow ``stats_shards``.
+    run time, so the work itself is the subflow ``stats_shards``. The Dask workers report their task runs to
+    this flow's Prefect API, so they must reach it.
     """
     if n_shards < 1:
         raise ValueError(f"n_shards: expected at least 1, found {n_shards}")
@@ -142,7 +145,11 @@ def sharded_stats(model_dir: Path, layers: list[int] | None = None, n_shards: in
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": min(n_shards, os.cpu_count() or 1),
                                                 "threads_per_worker": 1, "processes": True,
                                                 "dashboard_address": None})
-    return stats_shards.with_options(task_runner=runner)(
-        Path(model_dir).resolve(), layers, n_shards, [Path(f).resolve() for f in corpus_files or []] or None,
-        samples, tokens, method, Path(hparams_file).resolve() if hparams_file else None, device,
-        settings.cache_dir().resolve())
+    # Tasks take the flow's settings to the Dask workers. Without PREFECT_API_URL (the embedded default) those
+    # name no API, and every worker process would start a temporary one of its own: name this flow's instead.
+    api = PREFECT_API_URL.value() or str(FlowRunContext.get().client.api_url)
+    with temporary_settings({PREFECT_API_URL: api}):
+        return stats_shards.with_options(task_runner=runner)(
+            Path(model_dir).resolve(), layers, n_shards, [Path(f).resolve() for f in corpus_files or []] or None,
+            samples, tokens, method, Path(hparams_file).resolve() if hparams_file else None, device,
+            settings.cache_dir().resolve())
