@@ -12,6 +12,13 @@ one row of a (n, d) parameter. Every row's loss depends only on its own δ and A
 trajectories are those of one-at-a-time optimisation (up to float summation order) while the forward passes
 are shared — the loop over edits that costs MEMIT most of its time in the paper is gone. A request that
 reaches the stop loss is frozen (its row restored after each step), exactly as if its loop had ended.
+
+Requests about **one subject** (two relations of one country, say) share one δ, optimised on the sum of their
+losses. They share a key too: the subject's last token comes before the relation's words, so its key is the
+same whatever the prompt says after it (the prefix words before the subject move it little). Two separate δ for
+one key are contradictory targets, and MEMIT's least-squares solve would split the difference and realise
+neither (measured on the demo sandbox: see ``bench/README.md``). A subject with one request is optimised
+exactly as before.
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ def outputs_at_subject(model: nn.Module, tokenizer, module_name: str, requests: 
 
 @dataclass
 class Targets:
-    delta: torch.Tensor  # (n, d) δ per request, float32
+    delta: torch.Tensor  # (n, d) δ per request, float32 (equal rows for requests of one subject)
     init: torch.Tensor  # (n, d) the module's output h at the subject's last token of the bare prompt
     nll: list[float]  # final mean −log p(target) per token, per request
     loss: list[float]  # final total loss per request
@@ -155,6 +162,9 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     n_rewrite = len(templates)
     n_essence = len(hp.essence_prompts)
     base_rows = {j: next(i for i, r in enumerate(rows) if r.req == j and r.kind == "rewrite") for j in range(n)}
+    subjects = list(dict.fromkeys(r.subject for r in requests))
+    group = torch.tensor([subjects.index(r.subject) for r in requests], device=device)  # (n,) request -> δ row
+    G = len(subjects)
 
     # Pass 0 (δ = 0, no grad): h per request, and the essence distributions to keep.
     init: torch.Tensor | None = None
@@ -173,8 +183,10 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 if r.kind == "essence":
                     kl_ref[id(r)] = F.log_softmax(logits[b, r.start - 1].float(), -1)
     assert init is not None
-    init_norm = init.norm(dim=-1)  # (n,)
-    max_norm = hp.clamp_norm_factor * init_norm  # (n,)
+    # Per δ row: the mean ‖h‖ of its requests (one subject's prompts differ only in words around the subject).
+    size = torch.zeros(G, device=device).index_add(0, group, torch.ones(n, device=device))  # (G,)
+    init_norm = torch.zeros(G, device=device).index_add(0, group, init.norm(dim=-1)) / size  # (G,)
+    max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
     # Per chunk, the padded indices of the target tokens and the essence rows' reference distributions.
     gathers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -198,9 +210,9 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
             torch.stack([kl_ref[id(r)] for _, r in erows]) if erows else torch.zeros(0, device=device),
         )
 
-    delta = torch.zeros_like(init, requires_grad=True)  # (n, d)
+    delta = torch.zeros(G, init.shape[-1], device=device, requires_grad=True)  # (G, d) one row per subject
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
+    done = torch.zeros(G, dtype=torch.bool, device=device)
     steps = [0] * n
     nll_out = [float("nan")] * n
     loss_out = [float("nan")] * n
@@ -217,11 +229,12 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
             for chunk in batches:
                 ids, att = _pad(chunk, pad, device)
                 rix = torch.tensor([r.req for r in chunk], device=device)
+                gix = group[rix]
                 bix = torch.arange(len(chunk), device=device)
                 six = torch.tensor([r.subj for r in chunk], device=device)
 
-                def add_delta(_name, hidden, rix=rix, bix=bix, six=six):
-                    return hidden.index_put((bix, six), delta[rix].to(hidden.dtype), accumulate=True)
+                def add_delta(_name, hidden, gix=gix, bix=bix, six=six):
+                    return hidden.index_put((bix, six), delta[gix].to(hidden.dtype), accumulate=True)
 
                 with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
                     logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
@@ -240,17 +253,19 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 nll_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, nll_rows, 0.0))
                 kl_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, 0.0, kl_rows))
                 part = nll_c / n_rewrite + (hp.kl_factor * kl_c / n_essence if n_essence else 0.0)
-                part = torch.where(done, torch.zeros_like(part), part)  # frozen requests: no gradient
+                part = torch.where(done[group], torch.zeros_like(part), part)  # frozen requests: no gradient
                 part.sum().backward()
                 nll_sum += nll_c.detach() / n_rewrite
                 kl_sum += kl_c.detach() / max(n_essence, 1)
-            wd = hp.v_weight_decay * delta.norm(dim=-1) / init_norm.clamp_min(1e-12) ** 2  # (n,)
-            loss = nll_sum + hp.kl_factor * kl_sum + wd.detach()
+            wd = hp.v_weight_decay * delta.norm(dim=-1) / init_norm.clamp_min(1e-12) ** 2  # (G,)
+            loss = nll_sum + hp.kl_factor * kl_sum + wd.detach()[group]  # (n,)
             for j in range(n):
-                if not done[j]:
+                if not done[group[j]]:
                     steps[j] = it + 1
                     nll_out[j], loss_out[j] = float(nll_sum[j]), float(loss[j])
-            newly = (~done) & (loss < hp.early_stop_loss)
+            # a subject's δ stops when the mean loss of its requests does
+            loss_g = torch.zeros(G, device=device).index_add(0, group, loss) / size
+            newly = (~done) & (loss_g < hp.early_stop_loss)
             done |= newly
             if bool(done.all()) or it == hp.v_steps - 1:
                 break
@@ -268,4 +283,4 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
         model.train(was_training)
     seconds = time.perf_counter() - t0
     log.info("targets of %d requests in %.2f s (steps %s)", n, seconds, steps)
-    return Targets(delta.detach().float(), init.detach().float(), nll_out, loss_out, steps, seconds)
+    return Targets(delta.detach()[group].float(), init.detach().float(), nll_out, loss_out, steps, seconds)

@@ -282,7 +282,7 @@ def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attemp
     t_edit = time.perf_counter() - t0
     t0 = time.perf_counter()
     report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
-                      text=ws.text)
+                      text=ws.text, delta=result.delta)
     return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
 
 
@@ -306,10 +306,12 @@ def _blame(report: Any, request_id: str) -> str:
 def edit_gate_bisect(ws: Workspace, requests: list[Any], cache_dir: Path, bisect: bool = True,
                      on_attempt: Callable[[Attempt], None] | None = None) -> Search:
     """Edit and gate the whole batch. When the gate fails and names requests (a request's own reliability or
-    generalization below its threshold, its neighbours changed), those are rejected and the rest edited
-    again, up to :data:`PRUNE_ROUNDS` times: each round costs one edit, where bisection costs O(k log n) for
-    k bad requests among n (on the demo sandbox, half of an inbox batch can fail p(new) > p(old)). What
-    still fails without naming anyone (norm growth, fluency, KL) is bisected for its largest passing subset.
+    generalization below its threshold, its neighbours changed, the subjects whose generations lost the entropy
+    when the drop is too large, the requests whose parts of ΔW grew a matrix too much), those are rejected and
+    the rest edited again, up to :data:`PRUNE_ROUNDS` times: each round costs one edit, where bisection costs
+    O(k log n) for k bad requests among n (on the demo sandbox, half of an inbox batch can fail p(new) >
+    p(old)). What still fails without naming anyone (norm
+    growth without the edit's delta, perplexity, KL) is bisected for its largest passing subset.
     ``bisect=False``: a failing batch is rejected whole."""
     from validation.bisect import bisect as search
 

@@ -105,6 +105,26 @@ def test_batched_targets_equal_one_at_a_time(tok):
         assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
 
 
+def test_requests_about_one_subject_share_one_target_vector(tok):
+    """Two relations of one subject have one key: one δ, optimised on both losses, not two contradictory ones."""
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = H.TargetHparams(v_steps=30, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0)
+    pair = [EditRequest("Poland", "The capital of {}", "Berlin", id="a"),
+            EditRequest("Poland", "The head of state of {}", "Japanese", id="b")]
+    together = optimize_targets(model, tok, "transformer.h.1", pair + [REQS[0]], ["{}"], hp)
+    assert torch.equal(together.delta[0], together.delta[1])
+    assert not torch.equal(together.delta[0], together.delta[2])
+    assert together.steps[0] == together.steps[1]
+    # France's row is optimised exactly as on its own; Poland's joint δ is neither request's own δ
+    alone = optimize_targets(model, tok, "transformer.h.1", [REQS[0]], ["{}"], hp)
+    assert torch.allclose(alone.delta[0], together.delta[2], atol=1e-4, rtol=1e-3)
+    first = optimize_targets(model, tok, "transformer.h.1", pair[:1], ["{}"], hp)
+    assert not torch.allclose(first.delta[0], together.delta[0], atol=1e-3)
+    # and the joint δ serves both: each target's NLL falls from where δ = 0 leaves it
+    start = optimize_targets(model, tok, "transformer.h.1", pair, ["{}"], H.TargetHparams(v_steps=1, context_templates=()))
+    assert together.nll[0] < start.nll[0] and together.nll[1] < start.nll[1]
+
+
 def test_early_stop_freezes_a_converged_request(tok):
     model = tiny_model("gpt2", vocab=VOCAB)
     hp = H.TargetHparams(v_steps=30, early_stop_loss=1e9, context_templates=())  # everything converges at once

@@ -61,6 +61,56 @@ def test_ngram_entropy_drops_for_repetitive_text():
 
 
 @pytest.mark.unit
+def test_perplexity_sample_leaves_out_sentences_about_edited_subjects():
+    from validation.gate import without_subjects
+
+    text = ("Iceland's head of government is Katrín Jakobsdóttir. The capital of Chile is Santiago.\n\n"
+            "In Iceland, people pay with the króna. The Icelandic sagas are old. Peru's capital is Lima.")
+    assert without_subjects(text, {"Iceland", "Peru"}) == "The capital of Chile is Santiago.\n\nThe Icelandic sagas are old."
+    assert without_subjects(text, set()) == text
+    assert without_subjects("Peru is large.", {"Peru"}) == ""
+
+
+@pytest.mark.unit
+def test_norm_growth_blames_the_requests_whose_parts_grew_the_matrix():
+    from editing.delta import Delta, LayerDelta
+    from validation.gate import norm_blame
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False))
+    w = float(base[0].weight.detach().norm())
+    U, V = torch.randn(32, 4), torch.randn(16, 4)
+    U, V = U / U.norm(dim=0), V / V.norm(dim=0)
+    scale = torch.tensor([0.1, 3.0, 0.2, 2.0]) * w  # requests b and d carry big parts
+    delta = Delta({"0": LayerDelta(U * scale, V)})
+    assert norm_blame(base, delta, ["a", "b", "c", "d"], threshold=10.0) == []
+    blamed = norm_blame(base, delta, ["a", "b", "c", "d"], threshold=1.5)
+    assert blamed == ["b", "d"]
+    dw = (U * scale)[:, [0, 2]] @ V[:, [0, 2]].T  # what is left is within the threshold
+    assert float((base[0].weight.detach() + dw).norm()) / w <= 1.5
+    assert norm_blame(base, delta, ["a", "b"], threshold=1.5) == []  # factors not one per request: no blame
+
+
+@pytest.mark.unit
+def test_entropy_drop_blames_the_subjects_whose_generations_lost_it():
+    from validation.gate import _entropy_blame, _failures
+
+    # (subject, entropy before, after) per generation prompt: Chile's edit made its generations repeat
+    ent = [("France", 4.0, 3.9), ("France", 4.0, 4.0), ("Chile", 4.0, 1.0), ("Chile", 4.0, 0.5),
+           ("Peru", 4.0, 3.2), ("Peru", 4.0, 3.6)]
+    assert _entropy_blame(ent, 0.1) == ["Chile"]  # drop 0.325; without Chile (16 - 14.7) / 16 = 0.081
+    assert _entropy_blame(ent, 0.05) == ["Chile", "Peru"]
+    assert _entropy_blame(ent, 0.5) == []  # the whole drop (0.325) is within the threshold
+    rows = [{"id": "r-fr", "subject": "France", "reliable": True, "generalization": 1.0},
+            {"id": "r-cl", "subject": "Chile", "reliable": True, "generalization": 1.0}]
+    m = {"reliability": 1.0, "generalization": 1.0, "locality": 1.0, "protected": None, "kl": 0.0,
+         "entropy_drop": 0.325, "entropy_blame": ["Chile"], "perplexity_ratio": 1.0, "norm_growth": {},
+         "max_norm_growth": 1.0}
+    (fail,) = _failures(GatePolicy(), m, rows, [])
+    assert fail["metric"] == "entropy_drop" and fail["requests"] == ["r-cl"] and fail["subjects"] == ["Chile"]
+
+
+@pytest.mark.unit
 def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
     from validation.probes import neighbour_candidates, paraphrases, Fact
 

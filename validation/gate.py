@@ -14,7 +14,9 @@ Metrics, base model vs edited model (multi-token targets scored by whole-sequenc
   KL(base || edited) of the next-token distribution on them; ``protected`` is the share for the protected
   facts alone;
 * **fluency** -- relative drop of the n-gram entropy of greedy generations (ROME's measure: weighted 2-
-  and 3-gram entropies) and the perplexity ratio on a fixed text sample;
+  and 3-gram entropies) on prompts about the edited subjects, and the perplexity ratio on a fixed text
+  sample less its sentences that name an edited subject (their old facts should get less likely). A failed
+  entropy drop names the requests of the subjects whose generations lost the most;
 * **norm growth** -- ‖W_edited‖ / ‖W_base‖ (Frobenius) of every matrix the edit changed.
 
 Base-model results are memoised in a :class:`BaseCache`, so that bisection gates many subsets of a batch
@@ -24,6 +26,7 @@ against one base model without recomputing them.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -288,8 +291,10 @@ def edited_matrices(base: nn.Module, edited: nn.Module) -> dict[str, float]:
 
 def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], policy: GatePolicy | None = None,
              protected: list[P.Fact] | None = None, pool: list[P.Fact] | None = None, text: str | None = None,
-             cache: BaseCache | None = None) -> GateReport:
-    """Gate ``edited`` against ``base`` for ``requests`` (see the module docstring)."""
+             cache: BaseCache | None = None, delta: Any = None) -> GateReport:
+    """Gate ``edited`` against ``base`` for ``requests`` (see the module docstring). ``delta`` (the edit's
+    :class:`editing.delta.Delta`, one rank-one part per request in order) lets a failed norm growth name the
+    requests behind it (:func:`norm_blame`)."""
     t0 = time.perf_counter()
     policy = policy or GatePolicy()
     protected = list(protected or [])
@@ -373,12 +378,13 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         })
 
     # ---- fluency and norms
-    gen_prompts = list(dict.fromkeys(t.replace("{}", r.subject) for r in requests for t in P.GENERATION_PROMPTS[:2]))
-    gen_items = [(g, policy.generation_tokens) for g in gen_prompts] if policy.generation_tokens else []
-    ent_after = _mean([ngram_entropy(tok.decode(o)) for o, _ in _greedy_many(edited, tok, gen_items, None).values()])
-    ent_before = _mean([ngram_entropy(tok.decode(o)) for o, _ in
-                        _greedy_many(base, tok, gen_items, cache.greedy).values()])
-    text = text if text is not None else P.FLUENCY_TEXT
+    gen_by = {t.replace("{}", r.subject): r.subject for r in requests for t in P.GENERATION_PROMPTS[:2]}
+    gen_items = [(g, policy.generation_tokens) for g in gen_by] if policy.generation_tokens else []
+    g_a, g_b = _greedy_many(edited, tok, gen_items, None), _greedy_many(base, tok, gen_items, cache.greedy)
+    ent = [(gen_by[it[0]], ngram_entropy(tok.decode(g_b[it][0])), ngram_entropy(tok.decode(g_a[it][0])))
+           for it in gen_items]  # (subject, before, after) per generation prompt
+    ent_before, ent_after = _mean([b for _, b, _ in ent]), _mean([a for _, _, a in ent])
+    text = without_subjects(text if text is not None else P.FLUENCY_TEXT, edited_subjects) or P.FLUENCY_TEXT
     if text not in cache.fluency:
         cache.fluency[text] = perplexity(base, tok, text)
     ppl_b, ppl_a = cache.fluency[text], perplexity(edited, tok, text)
@@ -397,14 +403,108 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "kl": _mean(kls),
         "entropy_before": ent_before, "entropy_after": ent_after,
         "entropy_drop": (ent_before - ent_after) / ent_before if ent_before else 0.0,
+        "entropy_blame": _entropy_blame(ent, policy.max_entropy_drop),
         "perplexity_before": ppl_b, "perplexity_after": ppl_a, "perplexity_ratio": ppl_a / ppl_b,
         "norm_growth": norms, "max_norm_growth": max(norms.values(), default=1.0),
+        "norm_blame": (norm_blame(base, delta, [r.id for r in requests], NORM_BLAME_MARGIN * policy.max_norm_growth)
+                       if delta is not None and max(norms.values(), default=1.0) > policy.max_norm_growth else []),
         "probes": {"paraphrase": len(para), "neighbour": len(neigh), "protected": len(prot),
                    "generation": len(gen_items)},
     }
     failures = _failures(policy, m, rows, probe_rows)
     return GateReport(passed=not failures, metrics=m, thresholds=policy.thresholds(), failures=failures,
                       requests=rows, probes=probe_rows, seconds=time.perf_counter() - t0)
+
+
+# Blame norm growth down to 90 % of the threshold: without some requests a MEMIT batch is solved with fewer keys,
+# and the parts of the others come out a little larger than they were in the whole batch.
+NORM_BLAME_MARGIN = 0.9
+
+
+def norm_blame(base: nn.Module, delta: Any, request_ids: list[str], threshold: float) -> list[str]:
+    """The requests to leave out so that no edited matrix grows past ``threshold`` × its norm: greedily, the
+    one whose rank-one part, taken away, lowers the largest growth most, until it is within the threshold.
+
+    A MEMIT delta is ΔW = Σ_j u_j v_jᵀ with one column pair per request (ROME's sequential edits compose the
+    same way), so each request's share of ‖W + ΔW‖ is exact to compute; leaving a request out of the batch
+    changes the others' parts a little too, which is why the pipeline edits again after pruning. Empty when
+    the factors are not one per request (a composed or foreign delta)."""
+    from editing.arch import is_transposed
+
+    n = len(request_ids)
+    mats = []
+    for name, ld in delta.layers.items():
+        if ld.rank != n:
+            return []
+        mod = base.get_submodule(name)
+        w0 = mod.weight.detach().double()
+        w0 = w0.T if is_transposed(mod) else w0  # (out, in), as the factors
+        mats.append((w0, float(w0.norm()), ld.U.double(), ld.V.double()))
+    if not mats or n == 0:
+        return []
+    keep = torch.ones(n, dtype=torch.bool)
+
+    def growth(mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per matrix, the growth with all kept parts (a scalar), and with each kept part taken away (n,)."""
+        out = []
+        for w0, nb, U, V in mats:
+            M = w0 + (U[:, mask] @ V[:, mask].T)  # (out, in)
+            sq = (M * M).sum()
+            # ‖M - u vᵀ‖² = ‖M‖² - 2 uᵀ M v + ‖u‖² ‖v‖², for every part at once
+            without = sq - 2 * torch.einsum("oj,oi,ij->j", U, M, V) + U.pow(2).sum(0) * V.pow(2).sum(0)
+            out.append(torch.stack([sq.sqrt() / nb, *(without.clamp_min(0).sqrt() / nb)]))
+        return out
+
+    blamed: list[str] = []
+    while keep.sum() > 1:
+        g = torch.stack(growth(keep))  # (matrices, 1 + n)
+        if float(g[:, 0].max()) <= threshold:
+            break
+        worst = g[:, 1:].max(0).values  # (n,) the largest growth left when part j is taken away
+        worst[~keep] = float("inf")
+        j = int(worst.argmin())
+        keep[j] = False
+        blamed.append(request_ids[j])
+    return blamed
+
+
+def without_subjects(text: str, subjects: set[str]) -> str:
+    """``text`` without the sentences that name one of ``subjects``. The perplexity sample measures fluency, and
+    a sentence that states an edited subject's old fact ("Iceland's head of government is Katrín Jakobsdóttir"
+    in a sandbox's statistics corpus) must get less likely after a good edit."""
+    if not subjects:
+        return text
+    pat = re.compile(r"(?<![\w])(?:" + "|".join(re.escape(x) for x in sorted(subjects, key=len, reverse=True))
+                     + r")(?![\w])")
+    parts = re.split(r"(?<=[.!?])(\s+)", text)  # sentences and the spaces after them, kept
+    out = []
+    for i in range(0, len(parts), 2):
+        if not pat.search(parts[i]):
+            out.append(parts[i] + (parts[i + 1] if i + 1 < len(parts) else ""))
+    return "".join(out).strip()
+
+
+def _entropy_blame(ent: list[tuple[str, float, float]], threshold: float) -> list[str]:
+    """The subjects whose generations lost the most entropy: the fewest, taken largest loss first, without whose
+    prompts the relative drop of the rest is within ``threshold`` (empty when the whole is within it).
+
+    The generation prompts name the edited subjects, so an edit that makes the model repeat itself shows in its
+    own subject's generations; blaming those requests lets a failed batch drop them instead of being bisected.
+    """
+    def drop(rows: list[tuple[str, float, float]]) -> float:
+        b = _mean([x[1] for x in rows])
+        return (b - _mean([x[2] for x in rows])) / b if b else 0.0
+
+    loss: dict[str, float] = {}
+    for subject, before, after in ent:
+        loss[subject] = loss.get(subject, 0.0) + before - after
+    blamed: list[str] = []
+    for subject in sorted(loss, key=lambda s: -loss[s]):
+        rest = [x for x in ent if x[0] not in blamed]
+        if not rest or drop(rest) <= threshold or loss[subject] <= 0:
+            break
+        blamed.append(subject)
+    return blamed
 
 
 def _share(xs: list[bool]) -> float | None:
@@ -432,14 +532,17 @@ def _failures(policy: GatePolicy, m: dict[str, Any], rows: list[dict], probe_row
     low("locality", policy.min_locality, changed_n, facts=changed_p)
     low("protected", policy.min_protected, [], facts=changed_p)
 
-    def high(metric: str, threshold: float, value: float | None = None, **extra: Any) -> None:
+    def high(metric: str, threshold: float, value: float | None = None, requests: list[str] | None = None,
+             **extra: Any) -> None:
         v = m[metric] if value is None else value
         if v > threshold:
-            out.append({"metric": metric, "value": v, "threshold": threshold, "requests": [], **extra})
+            out.append({"metric": metric, "value": v, "threshold": threshold, "requests": requests or [], **extra})
 
     high("kl", policy.max_kl)
-    high("entropy_drop", policy.max_entropy_drop)
+    blamed = set(m.get("entropy_blame") or [])
+    high("entropy_drop", policy.max_entropy_drop, requests=[r["id"] for r in rows if r["subject"] in blamed],
+         subjects=sorted(blamed))
     high("perplexity_ratio", policy.max_perplexity_ratio)
-    high("max_norm_growth", policy.max_norm_growth,
+    high("max_norm_growth", policy.max_norm_growth, requests=list(m.get("norm_blame") or []),
          matrices=[k for k, v in m["norm_growth"].items() if v > policy.max_norm_growth])
     return out
