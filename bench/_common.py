@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACTSMITH_SHARED_DATA", REPO.parent / "shared" / "data"))
 COUNTERFACT = SHARED / "counterfact" / "counterfact-train.json"
 RESULTS = REPO / "bench" / "results"
-SANDBOX_PRESET = "demo"
+SANDBOX_PRESET = "bench"
 SANDBOX_SEED = 0  # the sandbox build's seed; --seed only orders the requests
 
 log = logging.getLogger("bench")
@@ -43,7 +43,7 @@ def home() -> Path:
 def add_common_args(ap: argparse.ArgumentParser, out: Path) -> None:
     ap.add_argument("--model", type=Path, default=None,
                     help="sandbox model directory (default: build or reuse the sandbox of the first --records "
-                         "CounterFact-train records, demo preset)")
+                         "CounterFact-train records, bench preset)")
     ap.add_argument("--records", type=int, default=1000, help="CounterFact-train records to train on and edit")
     ap.add_argument("--data", type=Path, default=COUNTERFACT, help="CounterFact-train JSON (flat format)")
     ap.add_argument("--cache", type=Path, default=None, help="editing Store root (default FACTSMITH_HOME/cache)")

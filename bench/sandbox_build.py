@@ -29,7 +29,7 @@ def cases():
     yield "demo", "demo", lambda: world_facts(), "built-in world, 51 countries"
     cf = SHARED / "counterfact" / "counterfact-train.json"
     if cf.exists():
-        yield "counterfact", "demo", lambda: load_facts(cf, limit=1000), "CounterFact-train, first 1,000 records"
+        yield "counterfact", "bench", lambda: load_facts(cf, limit=1000), "CounterFact-train, first 1,000 records"
 
 
 def main() -> None:
@@ -100,7 +100,7 @@ def _overrides(pairs: list[str]) -> dict:
     """``KEY=VALUE`` pairs typed like the preset's fields (the config itself rejects unknown keys)."""
     from sandbox import preset
 
-    base = preset("demo").to_dict()
+    base = preset("bench").to_dict()
     out = {}
     for kv in pairs:
         key, sep, val = kv.partition("=")

@@ -136,7 +136,7 @@ def sandbox_build(
     facts: Optional[Path] = typer.Option(
         None, "--facts", help="Facts file: facts JSONL, request JSONL, or CounterFact (either format). "
         "Default: the built-in world of countries."),
-    preset_name: str = typer.Option("tiny", "--preset", help="tiny (tests) or demo (longer training)."),
+    preset_name: str = typer.Option("tiny", "--preset", help="tiny (tests), demo (the demo world) or bench (longer training, for large worlds)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data order, held-out split and weights."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N records (subjects for the built-in world)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something else."),
@@ -1023,7 +1023,8 @@ def demo(
                             f"{base.version} ({'new' if created else 'already there'}). Running fact_update on "
                             f"{inbox} ...", highlight=False)
         res = run_pipeline(inbox, DEMO_MODEL, method=method, policy="latest-wins", promote=True, bisect=True,
-                           gate_policy_file=demo_gate_policy(), requested_by="factsmith demo")
+                           gate_policy_file=demo_gate_policy(), requested_by="factsmith demo",
+                           hparams_file=demo_hparams(method))
     res.update(seconds=round(time.perf_counter() - t0, 1), sandbox=str(out), sandbox_cached=result.cached,
                tracking_uri=tracking_uri(), inbox=str(inbox))
     ui = f"mlflow ui --backend-store-uri '{tracking_uri()}'"
@@ -1038,6 +1039,14 @@ def demo(
 
 
 DEMO_MODEL = "demo"
+
+
+def demo_hparams(method: str) -> Path | None:
+    """The demo's MEMIT hparams (sandbox/worlds/demo-memit.yaml: fewer context templates, and why); ROME uses
+    the sandbox preset."""
+    from sandbox import example_inbox
+
+    return example_inbox().parent / "demo-memit.yaml" if method == "memit" else None
 
 
 def demo_gate_policy() -> Path:

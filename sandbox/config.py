@@ -99,11 +99,14 @@ class SandboxConfig:
         return cls(**d)
 
 
-# Presets. `tiny` is for tests (≈ 100–250 facts in under a minute); `demo` trains longer for better
-# locality (a shorter schedule hurts how many other facts survive an edit).
+# Presets. `tiny` is for tests (≈ 100–250 facts); `demo` is the newcomer's demo world (51 countries, 405 steps,
+# ≈ 3½ min on 2 cores: the demo must run in 10 minutes from a fresh clone; it knows 99.8 % of its training
+# probes and 100 % of the held-out ones); `bench` trains longer for better locality on large worlds (the
+# CounterFact sandbox of the editing benchmarks: 1,000 records, 72 min on 2 cores).
 PRESETS: dict[str, SandboxConfig] = {
     "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
-    "demo": SandboxConfig(epochs=120, min_steps=1000, threads=2),
+    "demo": SandboxConfig(epochs=45, threads=2),
+    "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2),
 }
 
 
