@@ -60,9 +60,11 @@ SYNTHETIC_SUBJECTS = 60
 
 @pytest.fixture(scope="session")
 def synthetic_build(home: Path):
-    """The tiny preset (600 steps) on 60 made-up countries x 3 relations, built once per session (cached)."""
+    """The tiny preset (80 epochs: 480 steps) on 60 made-up countries x 3 relations, built once per session
+    (cached). 600 steps took 269 s in CI; 480 take 214 s, and the MEMIT batch of 50 scores the same on both
+    (efficacy 1.00, paraphrase 1.00, other facts kept 1.00)."""
     from sandbox import build_sandbox, preset, synthetic_facts
 
     facts = synthetic_facts(SYNTHETIC_SUBJECTS)
-    return build_sandbox(facts, home / "models" / "synthetic", preset("tiny", min_steps=600), seed=0,
+    return build_sandbox(facts, home / "models" / "synthetic", preset("tiny"), seed=0,
                          preset_name="tiny", cache_dir=home / "cache" / "sandbox")
