@@ -1032,10 +1032,15 @@ def demo(
         emit_json({"ok": True, **res, "mlflow_ui": ui})
         return
     _print_run(res)
+    # a fact this run changed, to look at (France, the first request, when nothing was applied)
+    rows = [json.loads(x) for f in sorted(example_inbox().glob("*.jsonl")) for x in f.read_text("utf-8").splitlines() if x]
+    applied = {a["id"] for a in res["states"].get("applied", [])}
+    ex = next((r for r in rows if r["id"] in applied), rows[0])
+    prompt = ex["prompt"].replace("'", "'\\''")
     _stdout().print(
-        f"\nGate policy: {demo_gate_policy()}\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit --subject France\n"
-        f"Ask the new champion: factsmith sandbox ask --model {DEMO_MODEL}@champion --prompt 'The head of government "
-        f"of {{}} is' --subject France\nDone in {res['seconds']} s.", highlight=False)
+        f"\nGate policy: {demo_gate_policy()}\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit "
+        f"--subject '{ex['subject']}'\nAsk the new champion: factsmith sandbox ask --model {DEMO_MODEL}@champion "
+        f"--prompt '{prompt}' --subject '{ex['subject']}'\nDone in {res['seconds']} s.", highlight=False)
 
 
 DEMO_MODEL = "demo"
