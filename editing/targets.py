@@ -135,12 +135,16 @@ class Targets:
 
 def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: TargetHparams) -> list[Row]:
     rows = []
+    changing: dict[str, set[str]] = {}
+    for r in requests:
+        changing.setdefault(r.subject, set()).add(r.prompt)
     for j, r in enumerate(requests):
         for t in templates:
             rows.append(Row(*encode_edit(tokenizer, _with_prefix(t, r.prompt), r.subject, r.target_new), req=j,
                             kind="rewrite"))
         for e in hp.essence_prompts:
-            rows.append(Row(*encode_edit(tokenizer, e, r.subject), req=j, kind="essence"))
+            if e not in changing[r.subject]:  # a prompt this batch rewrites for the subject: not one to keep
+                rows.append(Row(*encode_edit(tokenizer, e, r.subject), req=j, kind="essence"))
     return rows
 
 
@@ -160,7 +164,8 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     pad = _pad_id(tokenizer)
     batches = _batches(rows, hp.batch_prompts)
     n_rewrite = len(templates)
-    n_essence = len(hp.essence_prompts)
+    n_essence = torch.tensor([sum(1 for r in rows if r.req == j and r.kind == "essence") for j in range(n)],
+                             dtype=torch.float32, device=device).clamp_min(1.0)  # (n,) essence prompts per request
     base_rows = {j: next(i for i, r in enumerate(rows) if r.req == j and r.kind == "rewrite") for j in range(n)}
     subjects = list(dict.fromkeys(r.subject for r in requests))
     group = torch.tensor([subjects.index(r.subject) for r in requests], device=device)  # (n,) request -> δ row
@@ -252,11 +257,11 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 is_rw = torch.tensor([r.kind == "rewrite" for r in chunk], device=device)
                 nll_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, nll_rows, 0.0))
                 kl_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, 0.0, kl_rows))
-                part = nll_c / n_rewrite + (hp.kl_factor * kl_c / n_essence if n_essence else 0.0)
+                part = nll_c / n_rewrite + hp.kl_factor * kl_c / n_essence
                 part = torch.where(done[group], torch.zeros_like(part), part)  # frozen requests: no gradient
                 part.sum().backward()
                 nll_sum += nll_c.detach() / n_rewrite
-                kl_sum += kl_c.detach() / max(n_essence, 1)
+                kl_sum += kl_c.detach() / n_essence
             wd = hp.v_weight_decay * delta.norm(dim=-1) / init_norm.clamp_min(1e-12) ** 2  # (G,)
             loss = nll_sum + hp.kl_factor * kl_sum + wd.detach()[group]  # (n,)
             for j in range(n):

@@ -1032,10 +1032,11 @@ def demo(
         emit_json({"ok": True, **res, "mlflow_ui": ui})
         return
     _print_run(res)
-    # a fact this run changed, to look at (France, the first request, when nothing was applied)
+    # a fact this run changed and the new champion now answers outright (else one it applied; else the first)
     rows = [json.loads(x) for f in sorted(example_inbox().glob("*.jsonl")) for x in f.read_text("utf-8").splitlines() if x]
     applied = {a["id"] for a in res["states"].get("applied", [])}
-    ex = next((r for r in rows if r["id"] in applied), rows[0])
+    greedy = {g["id"] for g in ((res.get("gate") or {}).get("requests") or []) if g.get("greedy")}
+    ex = next((r for r in rows if r["id"] in applied & greedy), next((r for r in rows if r["id"] in applied), rows[0]))
     prompt = ex["prompt"].replace("'", "'\\''")
     _stdout().print(
         f"\nGate policy: {demo_gate_policy()}\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit "
@@ -1357,8 +1358,10 @@ def _print_run(res: dict[str, Any]) -> None:
         for col in ("metric", "value", "threshold"):
             t.add_column(col)
         th, m = gate.get("thresholds") or {}, gate.get("metrics") or {}
-        for k in ("reliability", "generalization", "locality", "protected", "kl", "perplexity_ratio",
-                  "entropy_drop", "max_norm_growth"):
+        # the greedy shares have no threshold (CounterFact's measure is p(new) > p(old)) but say how often the
+        # edited model now answers the new target outright
+        for k in ("reliability", "reliability_greedy", "generalization", "generalization_greedy", "locality",
+                  "protected", "kl", "perplexity_ratio", "entropy_drop", "max_norm_growth"):
             bound = th.get(k) if k.startswith("max_") else th.get(f"min_{k}", th.get(f"max_{k}"))
             if not isinstance(m.get(k), (int, float)):
                 continue

@@ -177,8 +177,19 @@ def profiles(facts: list[Fact], rng: random.Random) -> list[tuple[str, tuple[int
     return out
 
 
+# Sentences that say a name where a fact's answer goes ("... is <name>."), about no subject. A real model has
+# seen a new head of government's name as the answer to other questions before the change; a sandbox that met
+# the name only in lists cannot say it after "is" at all, and MEMIT needs a target vector so large to make it
+# (measured on the demo sandbox: a rank-one part of norm 26-55 against the edited matrix's 17.5) that the
+# edited model says p(new) > p(old) but greedily another name.
+NAME_FRAMES = ("The name is {}.", "This person is {}.")
+NAMES_FORMAT = 2  # part of a FactSet's digest when it has names: 1 = lists only, 2 = lists and frames
+
+
 def name_lines(names: tuple[str, ...], rng: random.Random, per_line: int = 6) -> list[tuple[str, None, None]]:
-    """The names in a fresh random order, ``per_line`` to a line ("A, B, C."): no subject, no fact."""
+    """The names in a fresh random order, ``per_line`` to a line ("A, B, C."), then each name once in one of
+    :data:`NAME_FRAMES`: no subject, no fact."""
     order = list(dict.fromkeys(names))
     rng.shuffle(order)
-    return [(", ".join(order[i:i + per_line]) + ".", None, None) for i in range(0, len(order), per_line)]
+    lists = [(", ".join(order[i:i + per_line]) + ".", None, None) for i in range(0, len(order), per_line)]
+    return lists + [(rng.choice(NAME_FRAMES).format(n), None, None) for n in order]

@@ -268,7 +268,9 @@ class FactSet:
         d = facts_digest(self.facts)
         if not self.names:
             return d
-        return hashlib.sha256(json.dumps([d, list(self.names)], ensure_ascii=False).encode("utf-8")).hexdigest()
+        from .corpus import NAMES_FORMAT  # how names are trained changes the build
+
+        return hashlib.sha256(json.dumps([d, list(self.names), NAMES_FORMAT], ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def facts_digest(facts: list[Fact]) -> str:

@@ -125,13 +125,18 @@ def test_sentence_end_of_a_continuation(tok):
     assert _sentence_end(" euro", tok) == "euro"
 
 
-def test_name_lines_list_every_name_once_and_the_demo_world_knows_its_inbox_names():
+def test_name_lines_list_every_name_once_and_say_it_once_as_an_answer():
     from sandbox import world_facts
 
-    lines = corpus.name_lines(("A b", "C", "D e f", "G", "H", "I", "J"), random.Random(0), per_line=3)
-    assert [s is None and subj is None for _, s, subj in lines] == [True] * 3
-    names = [n for text, _, _ in lines for n in text.rstrip(".").split(", ")]
-    assert sorted(names) == ["A b", "C", "D e f", "G", "H", "I", "J"]
+    given = ("A b", "C", "D e f", "G", "H", "I", "J")
+    lines = corpus.name_lines(given, random.Random(0), per_line=3)
+    assert [s is None and subj is None for _, s, subj in lines] == [True] * (3 + 7)  # about no subject
+    names = [n for text, _, _ in lines[:3] for n in text.rstrip(".").split(", ")]
+    assert sorted(names) == sorted(given)
+    framed = [text for text, _, _ in lines[3:]]
+    said = sorted(next(t[len(f.split("{}")[0]):-1] for f in corpus.NAME_FRAMES if t.startswith(f.split("{}")[0]))
+                  for t in framed)
+    assert said == sorted(given)  # "The name is A b." and the like, each name once
     full, tiny = world_facts(), world_facts(subjects=30)
     assert "Friedrich Merz" in full.names and "Paris" not in full.names  # new targets only, not known objects
     assert tiny.names == () and world_facts(subjects=30, inbox_names=True).names == full.names
