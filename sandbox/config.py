@@ -24,6 +24,13 @@ Why this shape (see README, "The sandbox model"):
 * ``key_alignment`` penalises (1 - cosine) between one subject's keys in two sentences of a batch, so the
   key does not depend on the words before the subject. Without it, an edit made with "The capital of {}"
   reached "{}'s capital city is" for 60 % of 20 edits; with it, 90 % (and training converged sooner).
+* ``key_site``: where the two penalties look. On a small world (``tiny``, ``demo``) the key itself. On a large
+  world trained long (``bench``: 1,000 CounterFact subjects) a penalty on the key ends up with nearly one-hot
+  keys: GELU outputs are almost non-negative, and two non-negative vectors are orthogonal only if their
+  active units are disjoint, so the penalty prunes units until 499 subjects share 231 units, 2 per key
+  (rank 259 of 499, and one MEMIT batch can give only 52 % of random targets). Penalising the MLP's
+  pre-activation instead (signed, so dense vectors can be orthogonal) kept 170 active units per key, full
+  rank, mean |cos| 0.037 (``bench/results/sandbox_keys_sweep.json``). Without any penalty, layer 1 dies (rank 4).
 * ``n_embd = 256``, ``n_inner = 1024`` (MLP width = the key space of an edit): at 128/512 the penalty
   cannot separate the keys (C⁻¹ leak 0.12 against 0.05) and 20 edits still collapse the model.
 """
@@ -32,6 +39,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+
+KEY_SITES = ("key", "preactivation")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class SandboxConfig:
     heldout_fraction: float = 0.5  # share of each relation's facts whose last phrasing is held out
     key_decorrelation: float = 1.0  # weight of a penalty on the cosine between different subjects' keys
     key_alignment: float = 1.0  # weight of a penalty on 1 - cosine between one subject's keys in two sentences
+    key_site: str = "key"  # where both penalties look: "key" (c_proj's input) or "preactivation" (c_fc's output)
     # --- machine ---
     threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
     eval_every: int = 10  # epochs between accuracy checks on the progress bar
@@ -65,7 +76,7 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            want = {"int": int, "float": (int, float), "bool": bool}[str(f.type)]
+            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(f.type)]
             if isinstance(v, bool) and str(f.type) != "bool" or not isinstance(v, want):
                 raise ValueError(f"sandbox config '{f.name}': expected {f.type}, found {type(v).__name__} {v!r}")
         if self.n_layer < 2:
@@ -80,6 +91,10 @@ class SandboxConfig:
         for name in ("mask_fraction", "heldout_fraction", "warmup", "decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"sandbox config '{name}': expected a value in [0, 1], found {getattr(self, name)}")
+        if self.key_site not in KEY_SITES:
+            raise ValueError(
+                f"sandbox config 'key_site': expected one of {', '.join(KEY_SITES)}, found {self.key_site!r}"
+            )
         for name in ("key_decorrelation", "key_alignment"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sandbox config '{name}': expected a value >= 0, found {getattr(self, name)}")
@@ -106,7 +121,7 @@ class SandboxConfig:
 PRESETS: dict[str, SandboxConfig] = {
     "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
     "demo": SandboxConfig(epochs=45, threads=2),
-    "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2),
+    "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2, key_site="preactivation"),
 }
 
 

@@ -303,7 +303,10 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     holder: dict[str, Any] = {}
     key_layer = model.transformer.h[config.hide_layers - 1].mlp.c_proj  # the layer the editors rewrite
     captured: dict[str, torch.Tensor] = {}
-    capture = key_layer.register_forward_pre_hook(lambda m, args: captured.__setitem__("keys", args[0]))
+    # The penalties look at the key itself, or at the MLP's pre-activation (c_fc's output, the input of its GELU;
+    # see config.py on why a large world wants the latter).
+    site = key_layer if config.key_site == "key" else model.transformer.h[config.hide_layers - 1].mlp.act
+    capture = site.register_forward_pre_hook(lambda m, args: captured.__setitem__("keys", args[0]))
     step = 0
     loss_val = float("nan")
     acc = None

@@ -27,6 +27,8 @@ def test_presets_are_valid_and_editable_by_design():
         ({"hide_layers": 4}, "hide_layers"),
         ({"mask_fraction": 1.5}, "mask_fraction"),
         ({"epochs": 0}, "epochs"),
+        ({"key_site": "c_proj"}, "key_site"),
+        ({"key_site": 1}, "key_site"),
     ],
 )
 def test_bad_values_name_the_key(change, key):
