@@ -24,13 +24,13 @@ Why this shape (see README, "The sandbox model"):
 * ``key_alignment`` penalises (1 - cosine) between one subject's keys in two sentences of a batch, so the
   key does not depend on the words before the subject. Without it, an edit made with "The capital of {}"
   reached "{}'s capital city is" for 60 % of 20 edits; with it, 90 % (and training converged sooner).
-* ``key_site``: where the two penalties look. On a small world (``tiny``, ``demo``) the key itself. On a large
-  world trained long (``bench``: 1,000 CounterFact subjects) a penalty on the key ends up with nearly one-hot
-  keys: GELU outputs are almost non-negative, and two non-negative vectors are orthogonal only if their
-  active units are disjoint, so the penalty prunes units until 499 subjects share 231 units, 2 per key
-  (rank 259 of 499, and one MEMIT batch can give only 52 % of random targets). Penalising the MLP's
-  pre-activation instead (signed, so dense vectors can be orthogonal) kept 170 active units per key, full
-  rank, mean |cos| 0.037 (``bench/results/sandbox_keys_sweep.json``). Without any penalty, layer 1 dies (rank 4).
+* ``key_site``: where the two penalties look, the key itself (every preset) or the MLP's pre-activation.
+  Trained long on a large world, a penalty on the key ends up with nearly one-hot keys: GELU outputs are
+  almost non-negative, and two non-negative vectors are orthogonal only if their active units are disjoint
+  (500 CounterFact subjects: 2 units per key, rank 259 of 499). On the pre-activation the 500-subject
+  sandbox kept 170 units per key and full rank, but at 1,000 subjects and 4,320 steps the keys fell back to
+  9 units, most of their energy in 86 directions, and MEMIT in batches of 10 reached 0.25 instead of 0.82
+  (``bench/results/sandbox_keys_sweep.json``). Not a preset's default until a large build takes edits.
 * ``n_embd = 256``, ``n_inner = 1024`` (MLP width = the key space of an edit): at 128/512 the penalty
   cannot separate the keys (C⁻¹ leak 0.12 against 0.05) and 20 edits still collapse the model.
 """
@@ -121,7 +121,7 @@ class SandboxConfig:
 PRESETS: dict[str, SandboxConfig] = {
     "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
     "demo": SandboxConfig(epochs=45, threads=2),
-    "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2, key_site="preactivation"),
+    "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2),
 }
 
 
