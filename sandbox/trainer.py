@@ -47,14 +47,23 @@ class BuildResult:
     cached: bool  # True when the model came from the cache instead of being trained
 
 
+# Config fields added after builds were cached, with the value that reproduces those builds: at that value a
+# field stays out of the cache key (the build is the same), at any other it enters it.
+_ADDED_FIELDS = {"key_site": "key"}
+
+
 def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
     import tokenizers
     import torch
     import transformers
 
+    cfg = config.to_dict()
+    for name, before in _ADDED_FIELDS.items():  # builds made before a field existed keep their keys
+        if cfg[name] == before:
+            del cfg[name]
     payload = {
         "facts": facts.digest(),
-        "config": config.to_dict(),
+        "config": cfg,
         "seed": seed,
         "sandbox_version": SANDBOX_VERSION,
         "bf16": fast_bf16(),  # the precision trained in changes the weights

@@ -89,7 +89,18 @@ def test_key_follows_facts_config_and_seed(tmp_path):
     f4, f5 = world_facts(subjects=4), world_facts(subjects=5)
     k = build_key(f4, QUICK, 0)
     assert k == build_key(world_facts(subjects=4), QUICK, 0)
-    assert len({k, build_key(f5, QUICK, 0), build_key(f4, replace(QUICK, n_embd=64), 0), build_key(f4, QUICK, 1)}) == 4
+    assert len({k, build_key(f5, QUICK, 0), build_key(f4, replace(QUICK, n_embd=64), 0), build_key(f4, QUICK, 1),
+                build_key(f4, replace(QUICK, key_site="preactivation"), 0)}) == 5
+
+
+def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
+    """key_site came after builds were cached: at "key" (what those builds did) it stays out of the key."""
+    import sandbox.trainer as T
+
+    f4 = world_facts(subjects=4)
+    k = T.build_key(f4, QUICK, 0)
+    monkeypatch.setattr(T, "_ADDED_FIELDS", {})  # as if key_site had always been part of the key
+    assert T.build_key(f4, QUICK, 0) != k
 
 
 def test_interrupted_build_leaves_nothing(tmp_path):
