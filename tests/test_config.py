@@ -29,6 +29,7 @@ def test_presets_are_valid_and_editable_by_design():
         ({"epochs": 0}, "epochs"),
         ({"key_site": "c_proj"}, "key_site"),
         ({"key_site": 1}, "key_site"),
+        ({"key_bank": -1.0}, "key_bank"),
     ],
 )
 def test_bad_values_name_the_key(change, key):

@@ -90,7 +90,8 @@ def test_key_follows_facts_config_and_seed(tmp_path):
     k = build_key(f4, QUICK, 0)
     assert k == build_key(world_facts(subjects=4), QUICK, 0)
     assert len({k, build_key(f5, QUICK, 0), build_key(f4, replace(QUICK, n_embd=64), 0), build_key(f4, QUICK, 1),
-                build_key(f4, replace(QUICK, key_site="preactivation"), 0)}) == 5
+                build_key(f4, replace(QUICK, key_site="preactivation"), 0),
+                build_key(f4, replace(QUICK, key_bank=1.0), 0)}) == 6
 
 
 def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
@@ -101,6 +102,26 @@ def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
     k = T.build_key(f4, QUICK, 0)
     monkeypatch.setattr(T, "_ADDED_FIELDS", {})  # as if key_site had always been part of the key
     assert T.build_key(f4, QUICK, 0) != k
+
+
+def test_key_bank_pushes_a_key_off_its_nearest_other_subjects():
+    import torch
+
+    from sandbox.trainer import _KeyBank
+
+    bank = _KeyBank(4)
+    e = torch.eye(4)
+    assert bank.crowding(e[:3], bank.ids(["a", "b", "c"])).item() == 0.0  # an empty bank: nobody to crowd
+    assert torch.equal(bank.keys, e[:3])
+    # "a" comes back lying on b's key: b counts, a's own earlier key does not (top-3 of cos² 0, 1, 0)
+    k = e[1:2].clone().requires_grad_(True)
+    crowd = bank.crowding(k, bank.ids(["a"]))
+    assert crowd.item() == pytest.approx(1 / 3)
+    crowd.backward()
+    assert k.grad[0, 1] > 0 and k.grad[0, [0, 2, 3]].abs().sum() == 0  # descent moves a off b, nowhere else
+    assert torch.equal(bank.keys[0], e[1])  # the bank now holds a's latest key
+    bank.ids(["d"])
+    assert bank.keys.shape == (4, 4) and bank.keys[3].abs().sum() == 0  # a new subject starts as a zero row
 
 
 def test_interrupted_build_leaves_nothing(tmp_path):
