@@ -11,7 +11,8 @@ The optimisation is **batched**: all requests of a batch share padded forward pa
 one row of a (n, d) parameter. Every row's loss depends only on its own δ and Adam is elementwise, so the
 trajectories are those of one-at-a-time optimisation (up to float summation order) while the forward passes
 are shared — the loop over edits that costs MEMIT most of its time in the paper is gone. A request that
-reaches the stop loss is frozen (its row restored after each step), exactly as if its loop had ended.
+reaches the stop loss is frozen (its row restored after each step), exactly as if its loop had ended, and its
+prompts leave the forward passes: a batch costs what its slowest requests still need, not every row every step.
 
 Requests about **one subject** (two relations of one country, say) share one δ, optimised on the sum of their
 losses. They share a key too: the subject's last token comes before the relation's words, so its key is the
@@ -76,6 +77,51 @@ def _with_prefix(template: str, prompt: str) -> str:
     """A context template (``"<text>. {}"``) wrapped around a request prompt that has its own ``{}``."""
     i = template.index("{}")
     return template[:i] + prompt + template[i + 2:]
+
+
+@dataclass
+class _Chunk:
+    """One padded forward pass of the target optimisation, with its index tensors prepared once."""
+
+    rows: list[Row]
+    ids: torch.Tensor  # (B, T) token ids, right-padded
+    att: torch.Tensor  # (B, T) attention mask
+    rix: torch.Tensor  # (B,) request of each row
+    bix: torch.Tensor  # (B,) 0..B-1
+    six: torch.Tensor  # (B,) subject's last token of each row
+    tgt: torch.Tensor  # (B, L) target ids of rewrite rows (0 elsewhere)
+    pos: torch.Tensor  # (B, L) the positions whose logits predict them
+    msk: torch.Tensor  # (B, L) 1 where a target token is
+    is_rw: torch.Tensor  # (B,) rewrite row (else essence)
+    eb: torch.Tensor  # (E,) essence rows
+    epos: torch.Tensor  # (E,) their last prompt position
+    eref: torch.Tensor  # (E, V) their log p before the edit
+
+
+def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor]) -> _Chunk:
+    ids, att = _pad(rows, pad, device)
+    L = max([len(r.ids) - r.start for r in rows if r.kind == "rewrite"] or [1])
+    tgt = torch.zeros(len(rows), L, dtype=torch.long)
+    pos = torch.zeros(len(rows), L, dtype=torch.long)
+    msk = torch.zeros(len(rows), L)
+    for b, r in enumerate(rows):
+        if r.kind == "rewrite":
+            t = len(r.ids) - r.start
+            tgt[b, :t] = torch.tensor(r.ids[r.start:])
+            pos[b, :t] = torch.arange(r.start - 1, len(r.ids) - 1)  # logits at j predict token j + 1
+            msk[b, :t] = 1.0
+    erows = [(b, r) for b, r in enumerate(rows) if r.kind == "essence"]
+    return _Chunk(
+        rows, ids, att,
+        rix=torch.tensor([r.req for r in rows], device=device),
+        bix=torch.arange(len(rows), device=device),
+        six=torch.tensor([r.subj for r in rows], device=device),
+        tgt=tgt.to(device), pos=pos.to(device), msk=msk.to(device),
+        is_rw=torch.tensor([r.kind == "rewrite" for r in rows], device=device),
+        eb=torch.tensor([b for b, _ in erows], dtype=torch.long, device=device),
+        epos=torch.tensor([r.start - 1 for _, r in erows], dtype=torch.long, device=device),
+        eref=torch.stack([kl_ref[id(r)] for _, r in erows]) if erows else torch.zeros(0, device=device),
+    )
 
 
 @torch.no_grad()
@@ -193,28 +239,10 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     init_norm = torch.zeros(G, device=device).index_add(0, group, init.norm(dim=-1)) / size  # (G,)
     max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
-    # Per chunk, the padded indices of the target tokens and the essence rows' reference distributions.
-    gathers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    essence: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    for chunk in batches:
-        L = max([len(r.ids) - r.start for r in chunk if r.kind == "rewrite"] or [1])
-        tgt = torch.zeros(len(chunk), L, dtype=torch.long)
-        pos = torch.zeros(len(chunk), L, dtype=torch.long)
-        msk = torch.zeros(len(chunk), L)
-        for b, r in enumerate(chunk):
-            if r.kind == "rewrite":
-                t = len(r.ids) - r.start
-                tgt[b, :t] = torch.tensor(r.ids[r.start:])
-                pos[b, :t] = torch.arange(r.start - 1, len(r.ids) - 1)  # logits at j predict token j + 1
-                msk[b, :t] = 1.0
-        gathers[id(chunk)] = (tgt.to(device), pos.to(device), msk.to(device))
-        erows = [(b, r) for b, r in enumerate(chunk) if r.kind == "essence"]
-        essence[id(chunk)] = (
-            torch.tensor([b for b, _ in erows], dtype=torch.long, device=device),
-            torch.tensor([r.start - 1 for _, r in erows], dtype=torch.long, device=device),
-            torch.stack([kl_ref[id(r)] for _, r in erows]) if erows else torch.zeros(0, device=device),
-        )
+    def plan(live: list[Row]) -> list[_Chunk]:
+        return [_chunk(c, pad, device, kl_ref) for c in _batches(live, hp.batch_prompts)]
 
+    chunks = plan(rows)
     delta = torch.zeros(G, init.shape[-1], device=device, requires_grad=True)  # (G, d) one row per subject
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(G, dtype=torch.bool, device=device)
@@ -231,32 +259,23 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
             opt.zero_grad()
             nll_sum = torch.zeros(n, device=device)
             kl_sum = torch.zeros(n, device=device)
-            for chunk in batches:
-                ids, att = _pad(chunk, pad, device)
-                rix = torch.tensor([r.req for r in chunk], device=device)
-                gix = group[rix]
-                bix = torch.arange(len(chunk), device=device)
-                six = torch.tensor([r.subj for r in chunk], device=device)
-
-                def add_delta(_name, hidden, gix=gix, bix=bix, six=six):
-                    return hidden.index_put((bix, six), delta[gix].to(hidden.dtype), accumulate=True)
+            for c in chunks:
+                def add_delta(_name, hidden, c=c):
+                    return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
 
                 with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
-                    logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
+                    logits = model(input_ids=c.ids, attention_mask=c.att).logits  # (B, T, V)
                 logp = F.log_softmax(logits.float(), -1)  # (B, T, V)
                 # One indexing op per chunk (a per-row index would build a (B, T, V) gradient per row).
-                tgt, pos, msk = gathers[id(chunk)]  # (B, L) target ids, positions predicting them, mask
-                picked = logp[bix[:, None], pos, tgt] * msk  # (B, L)
-                nll_rows = -picked.sum(1) / msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
-                kl_rows = torch.zeros(len(chunk), device=device)
-                eb, epos, eref = essence[id(chunk)]
-                if len(eb):
-                    cur = logp[eb, epos]  # (E, V)
-                    kl = (eref.exp() * (eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
-                    kl_rows = kl_rows.index_put((eb,), kl)
-                is_rw = torch.tensor([r.kind == "rewrite" for r in chunk], device=device)
-                nll_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, nll_rows, 0.0))
-                kl_c = torch.zeros(n, device=device).index_add(0, rix, torch.where(is_rw, 0.0, kl_rows))
+                picked = logp[c.bix[:, None], c.pos, c.tgt] * c.msk  # (B, L)
+                nll_rows = -picked.sum(1) / c.msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
+                kl_rows = torch.zeros(len(c.rows), device=device)
+                if len(c.eb):
+                    cur = logp[c.eb, c.epos]  # (E, V)
+                    kl = (c.eref.exp() * (c.eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
+                    kl_rows = kl_rows.index_put((c.eb,), kl)
+                nll_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, nll_rows, 0.0))
+                kl_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, 0.0, kl_rows))
                 part = nll_c / n_rewrite + hp.kl_factor * kl_c / n_essence
                 part = torch.where(done[group], torch.zeros_like(part), part)  # frozen requests: no gradient
                 part.sum().backward()
@@ -264,16 +283,23 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 kl_sum += kl_c.detach() / n_essence
             wd = hp.v_weight_decay * delta.norm(dim=-1) / init_norm.clamp_min(1e-12) ** 2  # (G,)
             loss = nll_sum + hp.kl_factor * kl_sum + wd.detach()[group]  # (n,)
+            live = (~done[group]).tolist()
+            nll_l, loss_l = nll_sum.tolist(), loss.tolist()
             for j in range(n):
-                if not done[group[j]]:
+                if live[j]:
                     steps[j] = it + 1
-                    nll_out[j], loss_out[j] = float(nll_sum[j]), float(loss[j])
+                    nll_out[j], loss_out[j] = nll_l[j], loss_l[j]
             # a subject's δ stops when the mean loss of its requests does
             loss_g = torch.zeros(G, device=device).index_add(0, group, loss) / size
             newly = (~done) & (loss_g < hp.early_stop_loss)
             done |= newly
             if bool(done.all()) or it == hp.v_steps - 1:
                 break
+            if bool(newly.any()):
+                # Finished subjects leave the forward passes: their rows would only cost time (their loss is
+                # masked and their δ restored). A batch whose requests stop early then costs what is left.
+                frozen = done[group].tolist()
+                chunks = plan([r for r in rows if not frozen[r.req]])
             torch.where(done, torch.zeros_like(wd), wd).sum().backward()
             before = delta.detach().clone()
             opt.step()

@@ -105,6 +105,27 @@ def test_batched_targets_equal_one_at_a_time(tok):
         assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
 
 
+def test_requests_that_stop_early_leave_the_batch(tok):
+    """Requests stopping at different steps: each δ is still its own optimisation's, and a stopped request's
+    prompts leave the forward passes, so the batch forwards exactly the rows its requests would alone."""
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = H.TargetHparams(v_steps=30, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                         early_stop_loss=4.5)
+    templates = ["{}", "Berlin is in Germany. {}"]
+    rows = [0]
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.__setitem__(0, rows[0] + len(kw["input_ids"])),
+                                           with_kwargs=True)
+    together = optimize_targets(model, tok, "transformer.h.1", REQS, templates, hp)
+    batched_rows, rows[0] = rows[0], 0
+    assert len(set(together.steps)) == 3 and max(together.steps) == hp.v_steps  # [4, 30, 6]
+    for j, r in enumerate(REQS):
+        alone = optimize_targets(model, tok, "transformer.h.1", [r], templates, hp)
+        assert alone.steps[0] == together.steps[j]
+        assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
+    hook.remove()
+    assert batched_rows == rows[0]  # without leaving, 3 x 30 steps of every row: more than twice as many
+
+
 def test_requests_about_one_subject_share_one_target_vector(tok):
     """Two relations of one subject have one key: one δ, optimised on both losses, not two contradictory ones."""
     model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
