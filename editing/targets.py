@@ -24,6 +24,7 @@ exactly as before.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -89,12 +90,12 @@ class _Chunk:
     rix: torch.Tensor  # (B,) request of each row
     bix: torch.Tensor  # (B,) 0..B-1
     six: torch.Tensor  # (B,) subject's last token of each row
+    keep: torch.Tensor  # (B, L) the positions whose logits are read: a rewrite row's L positions that predict
+    #                     its target tokens; an essence row's last prompt position in column 0 (0 pads both)
     tgt: torch.Tensor  # (B, L) target ids of rewrite rows (0 elsewhere)
-    pos: torch.Tensor  # (B, L) the positions whose logits predict them
     msk: torch.Tensor  # (B, L) 1 where a target token is
     is_rw: torch.Tensor  # (B,) rewrite row (else essence)
     eb: torch.Tensor  # (E,) essence rows
-    epos: torch.Tensor  # (E,) their last prompt position
     eref: torch.Tensor  # (E, V) their log p before the edit
 
 
@@ -110,18 +111,28 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor]) -
             tgt[b, :t] = torch.tensor(r.ids[r.start:])
             pos[b, :t] = torch.arange(r.start - 1, len(r.ids) - 1)  # logits at j predict token j + 1
             msk[b, :t] = 1.0
-    erows = [(b, r) for b, r in enumerate(rows) if r.kind == "essence"]
+        else:
+            pos[b, 0] = r.start - 1
+    erows = [b for b, r in enumerate(rows) if r.kind == "essence"]
     return _Chunk(
         rows, ids, att,
         rix=torch.tensor([r.req for r in rows], device=device),
         bix=torch.arange(len(rows), device=device),
         six=torch.tensor([r.subj for r in rows], device=device),
-        tgt=tgt.to(device), pos=pos.to(device), msk=msk.to(device),
+        keep=pos.to(device), tgt=tgt.to(device), msk=msk.to(device),
         is_rw=torch.tensor([r.kind == "rewrite" for r in rows], device=device),
-        eb=torch.tensor([b for b, _ in erows], dtype=torch.long, device=device),
-        epos=torch.tensor([r.start - 1 for _, r in erows], dtype=torch.long, device=device),
-        eref=torch.stack([kl_ref[id(r)] for _, r in erows]) if erows else torch.zeros(0, device=device),
+        eb=torch.tensor(erows, dtype=torch.long, device=device),
+        eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
     )
+
+
+def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, K, V): the logits at positions ``keep`` (B, K) of each row. Hugging Face models take the positions
+    as ``logits_to_keep`` and run only those through the LM head (for a small model with a large vocabulary
+    the head is a large part of a step); others compute every position and gather."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits
+    return torch.take_along_dim(model(input_ids=ids, attention_mask=att).logits, keep[..., None], dim=1)
 
 
 @torch.no_grad()
@@ -264,14 +275,14 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                     return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
 
                 with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
-                    logits = model(input_ids=c.ids, attention_mask=c.att).logits  # (B, T, V)
-                logp = F.log_softmax(logits.float(), -1)  # (B, T, V)
-                # One indexing op per chunk (a per-row index would build a (B, T, V) gradient per row).
-                picked = logp[c.bix[:, None], c.pos, c.tgt] * c.msk  # (B, L)
+                    logits = _logits_at(model, c.ids, c.att, c.keep)  # (B, L, V)
+                logp = F.log_softmax(logits.float(), -1)  # (B, L, V)
+                # One indexing op per chunk (a per-row index would build a (B, L, V) gradient per row).
+                picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)
                 nll_rows = -picked.sum(1) / c.msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
                 kl_rows = torch.zeros(len(c.rows), device=device)
                 if len(c.eb):
-                    cur = logp[c.eb, c.epos]  # (E, V)
+                    cur = logp[c.eb, 0]  # (E, V)
                     kl = (c.eref.exp() * (c.eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
                     kl_rows = kl_rows.index_put((c.eb,), kl)
                 nll_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, nll_rows, 0.0))

@@ -14,7 +14,7 @@ from editing.requests import EditRequest, RequestError
 from editing.score import score_targets
 from editing.stats import Corpus, compute_second_moments, second_moments, upstream_hash
 from editing.store import Store
-from editing.targets import optimize_targets
+from editing.targets import _logits_at, optimize_targets
 
 from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -103,6 +103,23 @@ def test_batched_targets_equal_one_at_a_time(tok):
         alone = optimize_targets(model, tok, name, [r], templates, hp)
         assert alone.steps[0] == together.steps[j]
         assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_logits_at_chosen_positions_are_the_full_logits_there(family):
+    """v* reads logits at a few positions per row: those are exactly the full forward's logits there."""
+    model = tiny_model(family, vocab=VOCAB).eval()
+    ids = torch.randint(1, VOCAB, (3, 7))
+    att = torch.ones_like(ids)
+    att[2, 5:] = 0  # a right-padded row
+    keep = torch.tensor([[0, 6], [3, 3], [4, 0]])
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=att).logits
+        some = _logits_at(model, ids, att, keep)
+    assert some.shape == (3, 2, VOCAB)
+    for b in range(3):
+        for k in range(2):
+            assert torch.allclose(some[b, k], full[b, keep[b, k]], atol=1e-5)
 
 
 def test_requests_that_stop_early_leave_the_batch(tok):
