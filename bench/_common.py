@@ -1,7 +1,7 @@
 """Shared parts of the editing benchmarks (bench/quality.py, bench/speed.py).
 
 * the model: a sandbox directory given with ``--model``, or the sandbox of the first ``--records``
-  CounterFact-train records built (or reused from the cache) with the ``demo`` preset;
+  CounterFact-train records built (or reused from the cache) with the ``bench`` preset;
 * the requests: CounterFact records read directly, only those whose facts the sandbox was trained on;
 * CounterFact's scores (ROME's ``compute_rewrite_quality_counterfact``): per prompt, the mean per-token
   NLL of the new target against the true one;

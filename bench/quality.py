@@ -4,7 +4,7 @@
                             [--model DIR] [--hparams FILE] [--device cpu] [--threads 2] [--seed 0]
                             [--out bench/results/quality.json]
 
-The model is a sandbox trained on the first ``--records`` CounterFact-train records (built with the demo
+The model is a sandbox trained on the first ``--records`` CounterFact-train records (built with the bench
 preset, or reused from FACTSMITH_HOME's cache), edited with the same records' counterfactuals: only facts
 the sandbox was trained on, so p_true is the model's own knowledge.
 

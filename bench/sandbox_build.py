@@ -71,6 +71,8 @@ def main() -> None:
             "epochs": m["train"]["epochs"], "build_seconds": round(wall, 1), "train_seconds": m["train"]["seconds"],
             "train_accuracy": m["accuracy"]["train"], "heldout_accuracy": m["accuracy"]["heldout"],
             "subjectless_accuracy": m["accuracy"]["subjectless"], "parameters": m["model"]["parameters"],
+            # bfloat16 autocast (CPUs with AVX-512 BF16 / AMX) trains about twice as fast, and other weights
+            "bf16_autocast": m["train"].get("bf16_autocast"),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
