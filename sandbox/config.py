@@ -55,6 +55,7 @@ from typing import Any
 
 
 KEY_SITES = ("key", "preactivation")
+PRECISIONS = ("auto", "float32")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class SandboxConfig:
     key_bank: float = 0.0  # weight of a penalty on the cosine between a key and its nearest other subjects' keys, world-wide
     # --- machine ---
     threads: int = 1  # torch threads; results are bit-repeatable for a fixed count only
+    precision: str = "auto"  # "auto": bfloat16 autocast where the CPU multiplies it natively; "float32": never
     eval_every: int = 10  # epochs between accuracy checks on the progress bar
 
     def __post_init__(self) -> None:
@@ -105,6 +107,10 @@ class SandboxConfig:
         for name in ("mask_fraction", "heldout_fraction", "warmup", "decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"sandbox config '{name}': expected a value in [0, 1], found {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"sandbox config 'precision': expected one of {', '.join(PRECISIONS)}, found {self.precision!r}"
+            )
         if self.key_site not in KEY_SITES:
             raise ValueError(
                 f"sandbox config 'key_site': expected one of {', '.join(KEY_SITES)}, found {self.key_site!r}"
@@ -134,7 +140,10 @@ class SandboxConfig:
 # keeps a large world's keys apart with `key_bank` (the CounterFact sandbox of the editing benchmarks:
 # 1,000 records, 32 min on 2 cores with bfloat16 autocast, about twice that in float32).
 PRESETS: dict[str, SandboxConfig] = {
-    "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
+    # Tests assert quality thresholds on tiny builds: float32 everywhere, so that every machine trains the same
+    # weights (a bfloat16 build of the 60-country test world kept 93 % of the other facts after a MEMIT batch of
+    # 50, where the test asks 95 %).
+    "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2, precision="float32"),
     "demo": SandboxConfig(epochs=45, threads=2),
     "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2, key_bank=1.0),
 }

@@ -49,7 +49,7 @@ class BuildResult:
 
 # Config fields added after builds were cached, with the value that reproduces those builds: at that value a
 # field stays out of the cache key (the build is the same), at any other it enters it.
-_ADDED_FIELDS = {"key_site": "key", "key_bank": 0.0}
+_ADDED_FIELDS = {"key_site": "key", "key_bank": 0.0, "precision": "auto"}
 
 
 def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
@@ -66,7 +66,7 @@ def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
         "config": cfg,
         "seed": seed,
         "sandbox_version": SANDBOX_VERSION,
-        "bf16": fast_bf16(),  # the precision trained in changes the weights
+        "bf16": _autocast(config),  # the precision trained in changes the weights
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
@@ -102,6 +102,11 @@ def fast_bf16() -> bool:
         return False
     words = set(flags.split())
     return bool({"avx512_bf16", "amx_bf16"} & words)
+
+
+def _autocast(config: SandboxConfig) -> bool:
+    """Whether a build trains under bfloat16 autocast: where the CPU is fast at it, unless the config says float32."""
+    return config.precision == "auto" and fast_bf16()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
@@ -308,7 +313,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     sample = random.Random(f"eval:{seed}").sample(train_probes, min(256, len(train_probes)))
     emit({"event": "start", "total_steps": total, "epochs": epochs, "facts": len(facts_list)})
 
-    bf16 = fast_bf16()
+    bf16 = _autocast(config)
     holder: dict[str, Any] = {}
     key_layer = model.transformer.h[config.hide_layers - 1].mlp.c_proj  # the layer the editors rewrite
     captured: dict[str, torch.Tensor] = {}

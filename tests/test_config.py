@@ -30,6 +30,7 @@ def test_presets_are_valid_and_editable_by_design():
         ({"key_site": "c_proj"}, "key_site"),
         ({"key_site": 1}, "key_site"),
         ({"key_bank": -1.0}, "key_bank"),
+        ({"precision": "bf16"}, "precision"),
     ],
 )
 def test_bad_values_name_the_key(change, key):

@@ -91,7 +91,21 @@ def test_key_follows_facts_config_and_seed(tmp_path):
     assert k == build_key(world_facts(subjects=4), QUICK, 0)
     assert len({k, build_key(f5, QUICK, 0), build_key(f4, replace(QUICK, n_embd=64), 0), build_key(f4, QUICK, 1),
                 build_key(f4, replace(QUICK, key_site="preactivation"), 0),
-                build_key(f4, replace(QUICK, key_bank=1.0), 0)}) == 6
+                build_key(f4, replace(QUICK, key_bank=1.0), 0),
+                build_key(f4, replace(QUICK, precision="auto" if QUICK.precision == "float32" else "float32"), 0)}) == 7
+
+
+def test_the_tiny_preset_trains_in_float32_even_where_bfloat16_is_fast(monkeypatch):
+    """Tests assert quality on tiny builds: every machine must train the same weights."""
+    import sandbox.trainer as T
+    from sandbox import preset
+
+    monkeypatch.setattr(T, "fast_bf16", lambda: True)
+    assert T._autocast(preset("demo")) and not T._autocast(preset("tiny"))
+    f4 = world_facts(subjects=4)
+    k = T.build_key(f4, preset("tiny"), 0)
+    monkeypatch.setattr(T, "fast_bf16", lambda: False)
+    assert T.build_key(f4, preset("tiny"), 0) == k  # the machine no longer enters a float32 build's key
 
 
 def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
