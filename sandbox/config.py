@@ -140,10 +140,7 @@ class SandboxConfig:
 # keeps a large world's keys apart with `key_bank` (the CounterFact sandbox of the editing benchmarks:
 # 1,000 records, 32 min on 2 cores with bfloat16 autocast, about twice that in float32).
 PRESETS: dict[str, SandboxConfig] = {
-    # Tests assert quality thresholds on tiny builds: float32 everywhere, so that every machine trains the same
-    # weights (a bfloat16 build of the 60-country test world kept 93 % of the other facts after a MEMIT batch of
-    # 50, where the test asks 95 %).
-    "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2, precision="float32"),
+    "tiny": SandboxConfig(epochs=80, min_steps=400, threads=2),
     "demo": SandboxConfig(epochs=45, threads=2),
     "bench": SandboxConfig(epochs=120, min_steps=1000, threads=2, key_bank=1.0),
 }

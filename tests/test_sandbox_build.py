@@ -95,17 +95,19 @@ def test_key_follows_facts_config_and_seed(tmp_path):
                 build_key(f4, replace(QUICK, precision="auto" if QUICK.precision == "float32" else "float32"), 0)}) == 7
 
 
-def test_the_tiny_preset_trains_in_float32_even_where_bfloat16_is_fast(monkeypatch):
-    """Tests assert quality on tiny builds: every machine must train the same weights."""
+def test_precision_float32_trains_in_float32_even_where_bfloat16_is_fast(monkeypatch):
+    """The synthetic test world is built so: every machine trains the same weights."""
     import sandbox.trainer as T
     from sandbox import preset
 
+    f32 = preset("tiny", precision="float32")
     monkeypatch.setattr(T, "fast_bf16", lambda: True)
-    assert T._autocast(preset("demo")) and not T._autocast(preset("tiny"))
+    assert T._autocast(preset("tiny")) and not T._autocast(f32)
     f4 = world_facts(subjects=4)
-    k = T.build_key(f4, preset("tiny"), 0)
+    k, k_auto = T.build_key(f4, f32, 0), T.build_key(f4, preset("tiny"), 0)
     monkeypatch.setattr(T, "fast_bf16", lambda: False)
-    assert T.build_key(f4, preset("tiny"), 0) == k  # the machine no longer enters a float32 build's key
+    assert T.build_key(f4, f32, 0) == k  # the machine does not enter a float32 build's key
+    assert T.build_key(f4, preset("tiny"), 0) != k_auto  # it does enter an auto build's
 
 
 def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
