@@ -63,6 +63,7 @@ class RunOptions:
     promote: bool = False
     bisect: bool = True
     requested_by: str | None = None  # who started the run (recorded with the run)
+    keep_unknown_fields: bool = False  # a native request's unknown fields: kept under ``extra``, else quarantined
 
 
 @dataclass
@@ -177,14 +178,15 @@ def applied_in(name: str, version: int, store) -> dict[str, dict[str, Any]]:
 
 
 def ingest(files: list[InboxFile], name: str, parent_version: int, policy: str, store,
-           docs_dir: Path | None = None) -> Intake:
+           docs_dir: Path | None = None, keep_unknown_fields: bool = False) -> Intake:
     from validation.validate import validate_files
 
     todo_files = [f for f in files if f.done_by is None]
     out = Intake(files=files)
     if not todo_files:
         return out
-    report = validate_files([f.path for f in todo_files], policy=policy, docs_dir=docs_dir)
+    report = validate_files([f.path for f in todo_files], policy=policy, docs_dir=docs_dir,
+                            keep_unknown_fields=keep_unknown_fields)
     out.quarantined, out.superseded, out.unreadable, out.docs = (report.quarantined, report.superseded,
                                                                  report.unreadable, report.docs)
     applied = applied_in(name, parent_version, store)
@@ -216,6 +218,7 @@ class Workspace:
     protected: list[Any]
     pool: list[Any]
     text: str
+    subjects: list[str] = field(default_factory=list)  # subjects the ledger has seen: the gate's probe bank
 
 
 def parent_of(name: str, store) -> tuple[Any, int]:
@@ -251,8 +254,11 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
         hp = H.load(H.builtin_path(options.method, family), options.method)
     prot_path = options.protected_file or (settings.home() / "protected_facts.jsonl")
     protected = load_protected(prot_path) if prot_path.is_file() else []
+    from registry import ledger as L
+
+    subjects = sorted({r["subject"] for r in L.read(options.name) if isinstance(r.get("subject"), str)})
     return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(options.gate_policy_file),
-                     protected, model_facts(base_dir), fluency_text(base_dir))
+                     protected, model_facts(base_dir), fluency_text(base_dir), subjects)
 
 
 @dataclass
@@ -282,7 +288,7 @@ def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attemp
     t_edit = time.perf_counter() - t0
     t0 = time.perf_counter()
     report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
-                      text=ws.text, delta=result.delta)
+                      text=ws.text, delta=result.delta, subjects=ws.subjects)
     return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
 
 
@@ -496,7 +502,7 @@ def _validate(files: list[InboxFile], options: RunOptions, parent_version: int, 
     from . import settings
 
     return ingest(files, options.name, parent_version, options.policy, store,
-                  docs_dir=settings.home() / "validation" / "docs")
+                  docs_dir=settings.home() / "validation" / "docs", keep_unknown_fields=options.keep_unknown_fields)
 
 
 def _edit_gate_bisect(ws: Workspace, requests: list[Any], bisect: bool) -> Search:

@@ -4,15 +4,26 @@
     report = run_gate(base, edited, tokenizer, requests, policy, protected=facts, pool=model_facts(dir))
     report.passed, report.failures        # which threshold failed, and for which requests
 
-Metrics, base model vs edited model (multi-token targets scored by whole-sequence log-probability):
+Metrics, base model vs edited model. An edit counts when the edited model *says* the new fact: greedy
+decoding from the prompt begins with the target, compared as :func:`validation.answers.says` documents
+(whitespace-normalised prefix, ending at a word boundary). Locality probes compare the greedy answers of the
+two models token for token (as many tokens as the expected answer has, else ``answer_tokens``):
 
-* **reliability** -- share of requests with p(target_new) > p(target_true) on the request's prompt
-  (``reliability_greedy``: greedy decoding starts with target_new); a request without target_true counts
-  by its greedy answer;
-* **generalization** -- the same on paraphrases (the request's own, else the relation catalogue's);
-* **locality** -- share of neighbour and protected prompts whose greedy answer is unchanged, and the mean
-  KL(base || edited) of the next-token distribution on them; ``protected`` is the share for the protected
-  facts alone;
+* **reliability** -- share of requests whose greedy answer on the request's prompt says target_new;
+  ``reliability_p`` is CounterFact's secondary measure, p(target_new) > p(target_true) (multi-token targets
+  scored by whole-sequence log-probability; teacher-forced argmax without a target_true);
+* **generalization** -- the same on paraphrases (the request's own, else the relation catalogue's), any word
+  order; ``generalization_p`` likewise;
+* **subject locality** -- share of the edited subjects' *other* facts (the request's ``attribute_prompts``, the
+  subject's facts in the model's ``facts.jsonl``, else the catalogue's other relations) whose greedy answer
+  is unchanged: an edit of Germany's head of government must leave Germany's capital alone. Blame: the
+  requests whose subject kept less than the threshold;
+* **locality** -- share of neighbour probes (each request's own, or facts of other subjects with its relation),
+  broad probes (a fixed seeded sample of ``locality_sample`` from the probe bank: every fact the model ships and
+  the catalogue about the subjects the ledger has seen, that the base model answers) and protected facts whose
+  greedy answer is unchanged, and the mean KL(base || edited) of the next token on them; ``protected`` is the
+  share for the protected facts alone. Blame: a neighbour's request, and any request whose new target a
+  changed answer now says;
 * **fluency** -- relative drop of the n-gram entropy of greedy generations (ROME's measure: weighted 2-
   and 3-gram entropies) on prompts about the edited subjects, and the perplexity ratio on a fixed text
   sample less its sentences that name an edited subject (their old facts should get less likely). A failed
@@ -42,6 +53,7 @@ from editing.score import score_targets
 from editing.tokens import prompt_target_ids
 
 from . import probes as P
+from .answers import says
 from .requests import Request
 
 
@@ -53,11 +65,12 @@ class PolicyError(ValueError):
 class GatePolicy:
     """Thresholds of the gate and the size of its probe suites (YAML keys = field names)."""
 
-    min_reliability: float = 0.9  # share of requests with p_new > p_true on their prompt
-    min_generalization: float = 0.6  # share of paraphrase probes with p_new > p_true
-    min_locality: float = 0.9  # share of neighbour + protected prompts whose greedy answer is unchanged
+    min_reliability: float = 0.95  # share of requests whose greedy answer says target_new
+    min_generalization: float = 0.8  # share of paraphrase probes whose greedy answer says target_new
+    min_subject_locality: float = 0.9  # share of the edited subjects' other facts whose greedy answer is unchanged
+    min_locality: float = 0.95  # share of neighbour, broad and protected probes whose greedy answer is unchanged
     min_protected: float = 1.0  # share of protected facts whose greedy answer is unchanged
-    max_kl: float = 0.5  # mean KL(base || edited), nats, of the next token on neighbour + protected prompts
+    max_kl: float = 0.5  # mean KL(base || edited), nats, of the next token on neighbour, broad and protected prompts
     max_entropy_drop: float = 0.1  # relative drop of the n-gram entropy of greedy generations
     max_perplexity_ratio: float = 1.25  # perplexity on the fixed text sample, edited / base
     # ‖W_edited‖ / ‖W_base‖ of each edited matrix: an early warning, since growing norms precede the collapse of
@@ -65,21 +78,27 @@ class GatePolicy:
     max_norm_growth: float = 3.0
     paraphrases: int = 3  # catalogue paraphrases per request (when it brings none)
     neighbours: int = 5  # sampled neighbours per request (when it brings none), base-correct only
+    subject_probes: int = 8  # probes of each edited subject's other facts (0: all there are)
+    locality_sample: int = 200  # broad-locality probes: a seeded sample of the probe bank the base model answers
+    answer_tokens: int = 3  # greedy tokens compared on a probe whose answer is not known (the base model's stands)
+    probe_confidence: float = 0.5  # such a probe counts only where the base model's first token is this likely
     generation_tokens: int = 24  # greedy tokens per fluency generation
-    seed: int = 0  # neighbour sampling
+    seed: int = 0  # neighbour, subject-probe and probe-bank sampling
 
     def __post_init__(self) -> None:
         try:
             check_fields(self)
         except HparamsError as e:
             raise PolicyError(str(e)) from None
-        for name in ("min_reliability", "min_generalization", "min_locality", "min_protected"):
+        for name in ("min_reliability", "min_generalization", "min_subject_locality", "min_locality",
+                     "min_protected", "probe_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PolicyError(f"'{name}': expected a share in [0, 1], found {getattr(self, name)}")
         for name in ("max_kl", "max_entropy_drop", "max_perplexity_ratio", "max_norm_growth"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a value >= 0, found {getattr(self, name)}")
-        for name in ("paraphrases", "neighbours", "generation_tokens"):
+        for name in ("paraphrases", "neighbours", "subject_probes", "locality_sample", "answer_tokens",
+                     "generation_tokens"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a count >= 0, found {getattr(self, name)}")
 
@@ -289,15 +308,29 @@ def edited_matrices(base: nn.Module, edited: nn.Module) -> dict[str, float]:
     return out
 
 
+def _says_many(model, tok, items: list[tuple[str, str]], cache: dict | None) -> dict[tuple[str, str], tuple[bool, str]]:
+    """(prompt, target) -> (the greedy answer says the target, the answer's text): :func:`validation.answers.says`
+    on a greedy continuation two tokens longer than the target, so that a longer word shows ("Parisian")."""
+    gen = {it: (it[0], _answer_tokens(tok, *it) + 2) for it in dict.fromkeys(items)}
+    got = _greedy_many(model, tok, list(gen.values()), cache)
+    out = {}
+    for it, g in gen.items():
+        answer = tok.decode(got[g][0], skip_special_tokens=True)
+        out[it] = (says(answer, it[1]), answer)
+    return out
+
+
 def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], policy: GatePolicy | None = None,
              protected: list[P.Fact] | None = None, pool: list[P.Fact] | None = None, text: str | None = None,
-             cache: BaseCache | None = None, delta: Any = None) -> GateReport:
+             cache: BaseCache | None = None, delta: Any = None, subjects: list[str] | tuple[str, ...] = ()
+             ) -> GateReport:
     """Gate ``edited`` against ``base`` for ``requests`` (see the module docstring). ``delta`` (the edit's
     :class:`editing.delta.Delta`, one rank-one part per request in order) lets a failed norm growth name the
-    requests behind it (:func:`norm_blame`)."""
+    requests behind it (:func:`norm_blame`); ``subjects`` (those the ledger has seen) widen the probe bank."""
     t0 = time.perf_counter()
     policy = policy or GatePolicy()
     protected = list(protected or [])
+    pool = list(pool or [])
     cache = cache if cache is not None else BaseCache()
     edited_subjects = {r.subject for r in requests}
 
@@ -311,9 +344,8 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         if r.neighborhood_prompts:
             neigh.extend(Probe("neighbour", r.id, p, t) for p, t in r.neighborhood_prompts)
         elif policy.neighbours:
-            pool_all = list(pool or []) + protected
-            cand.extend((r, f) for f in P.neighbour_candidates(r, pool_all, edited_subjects, 3 * policy.neighbours,
-                                                                policy.seed))
+            cand.extend((r, f) for f in P.neighbour_candidates(r, pool + protected, edited_subjects,
+                                                                3 * policy.neighbours, policy.seed))
     if cand:  # sampled neighbours: only facts the base model answers correctly
         sc = _score_many(base, tok, [(f.prompt, f.target) for _, f in cand], cache.scores)
         taken: Counter = Counter()
@@ -323,8 +355,46 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
                 neigh.append(Probe("neighbour", r.id, f.prompt, f.target, fact_id=f.id))
     # every protected fact, even one whose subject an edit touches: that is what protection means
     prot = [Probe("protected", None, f.prompt, f.target, fact_id=f.id) for f in protected]
+    ids_of: dict[str, list[str]] = {}
+    for r in requests:
+        ids_of.setdefault(r.subject, []).append(r.id)
+    subj = [Probe("subject", ",".join(ids_of[s]), prompt, target or "", fact_id=fid)
+            for s, probes in P.subject_probes(requests, pool, policy.subject_probes, policy.seed).items()
+            for prompt, target, fid in probes]
+    taken_prompts = {p.prompt for p in neigh + prot + subj + para} | {r.text for r in requests}
+    bank = [x for x in P.probe_bank(pool, subjects, edited_subjects, policy.seed) if x[0] not in taken_prompts]
+    bank = bank[:2 * policy.locality_sample]  # enough left after the base model's answers are filtered
+    broad_cand = [Probe("broad", None, prompt, target or "", fact_id=fid) for prompt, target, fid in bank]
 
-    # ---- reliability and generalization: p_new > p_true, and greedy
+    # ---- locality: greedy answers, base vs edited; a probe's answer is its target's tokens, or a few tokens
+    def n_tokens(p: Probe) -> int:
+        return _answer_tokens(tok, p.prompt, p.target) if p.target else policy.answer_tokens
+
+    b_all = _greedy_many(base, tok, [(p.prompt, n_tokens(p)) for p in subj + broad_cand], cache.greedy)
+
+    def answered(p: Probe) -> bool:
+        """The base model answers the probe: says its target, or (no target known) is confident of its first
+        token. Subject probes are kept whatever the base says: what it says about the subject must stay."""
+        ids, lp = b_all[(p.prompt, n_tokens(p))]
+        if p.target:
+            return says(tok.decode(ids, skip_special_tokens=True), p.target)
+        return float(lp.max().exp()) >= policy.probe_confidence
+
+    subj = [p for p in subj if p.target or answered(p)]
+    broad = [p for p in broad_cand if answered(p)][:policy.locality_sample]
+    loc = neigh + prot + broad + subj
+    items = [(p.prompt, n_tokens(p)) for p in loc]
+    g_after = _greedy_many(edited, tok, items, None)
+    g_before = _greedy_many(base, tok, items, cache.greedy)
+    probe_rows = []
+    for p, it in zip(loc, items):
+        (a_ids, a_lp), (b_ids, b_lp) = g_after[it], g_before[it]
+        kl = float(torch.sum(b_lp.exp() * (b_lp - a_lp)))
+        probe_rows.append({"kind": p.kind, "request": p.request_id, "fact": p.fact_id, "prompt": p.prompt,
+                           "expected": p.target or None, "before": tok.decode(b_ids), "after": tok.decode(a_ids),
+                           "unchanged": a_ids == b_ids, "kl": round(kl, 6)})
+
+    # ---- reliability and generalization: what the model says (greedy), and CounterFact's p_new > p_true
     pairs = []
     for r in requests:
         pairs.append((r.text, r.target_new))
@@ -336,45 +406,37 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
             pairs.append((p.prompt, p.target_true))
     after = _score_many(edited, tok, pairs, None)
     before = _score_many(base, tok, pairs, cache.scores)
+    said = [(r.text, r.target_new) for r in requests] + [(p.prompt, p.target) for p in para]
+    s_after = _says_many(edited, tok, said, None)
+    s_before = _says_many(base, tok, said, cache.greedy)
 
-    def success(scores, prompt: str, new: str, true: str | None) -> tuple[bool, bool]:
+    def prefer(scores, prompt: str, new: str, true: str | None) -> bool:
+        """CounterFact's measure: p(new) > p(true); without a true target, teacher-forced argmax."""
         s_new = scores[(prompt, new)]
-        ok = _prefer_new(s_new, scores[(prompt, true)]) if true else s_new.argmax
-        return ok, s_new.argmax
-
-    # ---- locality: greedy answers and next-token KL, base vs edited
-    loc = neigh + prot
-    items = [(p.prompt, _answer_tokens(tok, p.prompt, p.target)) for p in loc]
-    g_after = _greedy_many(edited, tok, items, None)
-    g_before = _greedy_many(base, tok, items, cache.greedy)
-    probe_rows = []
-    kls = []
-    for p, it in zip(loc, items):
-        (a_ids, a_lp), (b_ids, b_lp) = g_after[it], g_before[it]
-        kl = float(torch.sum(b_lp.exp() * (b_lp - a_lp)))
-        kls.append(kl)
-        probe_rows.append({"kind": p.kind, "request": p.request_id, "fact": p.fact_id, "prompt": p.prompt,
-                           "expected": p.target, "before": tok.decode(b_ids), "after": tok.decode(a_ids),
-                           "unchanged": a_ids == b_ids, "kl": round(kl, 6)})
+        return _prefer_new(s_new, scores[(prompt, true)]) if true else s_new.argmax
 
     # ---- per request
     rows = []
     for r in requests:
-        ok_a, greedy_a = success(after, r.text, r.target_new, r.target_true)
-        ok_b, greedy_b = success(before, r.text, r.target_new, r.target_true)
         mine = [p for p in para if p.request_id == r.id]
-        gen_a = [success(after, p.prompt, p.target, p.target_true) for p in mine]
-        gen_b = [success(before, p.prompt, p.target, p.target_true) for p in mine]
         nb = [x for x in probe_rows if x["kind"] == "neighbour" and x["request"] == r.id]
+        sp = [x for x in probe_rows if x["kind"] == "subject" and r.id in x["request"].split(",")]
         rows.append({
             "id": r.id, "subject": r.subject, "prompt": r.text, "target_new": r.target_new,
             "target_true": r.target_true,
+            "answer_before": s_before[(r.text, r.target_new)][1], "answer": s_after[(r.text, r.target_new)][1],
             "p_new_before": before[(r.text, r.target_new)].prob, "p_new_after": after[(r.text, r.target_new)].prob,
             "p_true_before": before[(r.text, r.target_true)].prob if r.target_true else None,
             "p_true_after": after[(r.text, r.target_true)].prob if r.target_true else None,
-            "reliable": ok_a, "reliable_before": ok_b, "greedy": greedy_a, "greedy_before": greedy_b,
-            "generalization": _share([x[0] for x in gen_a]), "generalization_before": _share([x[0] for x in gen_b]),
-            "paraphrases": len(mine), "locality": _share([x["unchanged"] for x in nb]), "neighbours": len(nb),
+            "reliable": s_after[(r.text, r.target_new)][0], "reliable_before": s_before[(r.text, r.target_new)][0],
+            "reliable_p": prefer(after, r.text, r.target_new, r.target_true),
+            "reliable_p_before": prefer(before, r.text, r.target_new, r.target_true),
+            "generalization": _share([s_after[(p.prompt, p.target)][0] for p in mine]),
+            "generalization_before": _share([s_before[(p.prompt, p.target)][0] for p in mine]),
+            "generalization_p": _share([prefer(after, p.prompt, p.target, p.target_true) for p in mine]),
+            "paraphrases": len(mine),
+            "subject_locality": _share([x["unchanged"] for x in sp]), "subject_probes": len(sp),
+            "locality": _share([x["unchanged"] for x in nb]), "neighbours": len(nb),
         })
 
     # ---- fluency and norms
@@ -390,17 +452,24 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
     ppl_b, ppl_a = cache.fluency[text], perplexity(edited, tok, text)
     norms = edited_matrices(base, edited)
 
+    def kept(*kinds: str) -> float | None:
+        return _share([x["unchanged"] for x in probe_rows if x["kind"] in kinds])
+
     m: dict[str, Any] = {
         "reliability": _share([x["reliable"] for x in rows]),
-        "reliability_greedy": _share([x["greedy"] for x in rows]),
         "reliability_before": _share([x["reliable_before"] for x in rows]),
-        "generalization": _share([success(after, p.prompt, p.target, p.target_true)[0] for p in para]),
-        "generalization_greedy": _share([success(after, p.prompt, p.target, p.target_true)[1] for p in para]),
-        "generalization_before": _share([success(before, p.prompt, p.target, p.target_true)[0] for p in para]),
-        "locality": _share([x["unchanged"] for x in probe_rows]),
-        "neighbour_locality": _share([x["unchanged"] for x in probe_rows if x["kind"] == "neighbour"]),
-        "protected": _share([x["unchanged"] for x in probe_rows if x["kind"] == "protected"]),
-        "kl": _mean(kls),
+        "reliability_p": _share([x["reliable_p"] for x in rows]),
+        "reliability_p_before": _share([x["reliable_p_before"] for x in rows]),
+        "generalization": _share([s_after[(p.prompt, p.target)][0] for p in para]),
+        "generalization_before": _share([s_before[(p.prompt, p.target)][0] for p in para]),
+        "generalization_p": _share([prefer(after, p.prompt, p.target, p.target_true) for p in para]),
+        "subject_locality": kept("subject"),
+        "locality": kept("neighbour", "protected", "broad"),
+        "neighbour_locality": kept("neighbour"),
+        "broad_locality": kept("broad"),
+        "protected": kept("protected"),
+        "kl": _mean([x["kl"] for x in probe_rows if x["kind"] != "subject"]),
+        "subject_kl": _mean([x["kl"] for x in probe_rows if x["kind"] == "subject"]),
         "entropy_before": ent_before, "entropy_after": ent_after,
         "entropy_drop": (ent_before - ent_after) / ent_before if ent_before else 0.0,
         "entropy_blame": _entropy_blame(ent, policy.max_entropy_drop),
@@ -408,10 +477,10 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "norm_growth": norms, "max_norm_growth": max(norms.values(), default=1.0),
         "norm_blame": (norm_blame(base, delta, [r.id for r in requests], NORM_BLAME_MARGIN * policy.max_norm_growth)
                        if delta is not None and max(norms.values(), default=1.0) > policy.max_norm_growth else []),
-        "probes": {"paraphrase": len(para), "neighbour": len(neigh), "protected": len(prot),
-                   "generation": len(gen_items)},
+        "probes": {"paraphrase": len(para), "neighbour": len(neigh), "protected": len(prot), "subject": len(subj),
+                   "broad": len(broad), "generation": len(gen_items)},
     }
-    failures = _failures(policy, m, rows, probe_rows)
+    failures = _failures(policy, m, rows, probe_rows, requests)
     return GateReport(passed=not failures, metrics=m, thresholds=policy.thresholds(), failures=failures,
                       requests=rows, probes=probe_rows, seconds=time.perf_counter() - t0)
 
@@ -515,21 +584,26 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _failures(policy: GatePolicy, m: dict[str, Any], rows: list[dict], probe_rows: list[dict]) -> list[dict]:
+def _failures(policy: GatePolicy, m: dict[str, Any], rows: list[dict], probe_rows: list[dict],
+              requests: list[Request] = ()) -> list[dict]:
     """Each threshold that failed: the metric, its value, the threshold, and the requests (or facts) behind it."""
     out = []
 
     def low(metric: str, threshold: float, requests: list[str], **extra: Any) -> None:
-        v = m[metric]
+        v = m.get(metric)
         if v is not None and v < threshold:
             out.append({"metric": metric, "value": v, "threshold": threshold, "requests": requests, **extra})
 
     low("reliability", policy.min_reliability, [r["id"] for r in rows if not r["reliable"]])
     low("generalization", policy.min_generalization,
         [r["id"] for r in rows if r["generalization"] is not None and r["generalization"] < policy.min_generalization])
-    changed_n = sorted({p["request"] for p in probe_rows if p["kind"] == "neighbour" and not p["unchanged"]})
+    low("subject_locality", policy.min_subject_locality,
+        [r["id"] for r in rows if r.get("subject_locality") is not None
+         and r["subject_locality"] < policy.min_subject_locality],
+        facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "subject" and not p["unchanged"]])
+    low("locality", policy.min_locality, locality_blame(probe_rows, requests),
+        facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] in ("protected", "broad") and not p["unchanged"]])
     changed_p = [p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "protected" and not p["unchanged"]]
-    low("locality", policy.min_locality, changed_n, facts=changed_p)
     low("protected", policy.min_protected, [], facts=changed_p)
 
     def high(metric: str, threshold: float, value: float | None = None, requests: list[str] | None = None,
@@ -546,3 +620,17 @@ def _failures(policy: GatePolicy, m: dict[str, Any], rows: list[dict], probe_row
     high("max_norm_growth", policy.max_norm_growth, requests=list(m.get("norm_blame") or []),
          matrices=[k for k, v in m["norm_growth"].items() if v > policy.max_norm_growth])
     return out
+
+
+def locality_blame(probe_rows: list[dict], requests: list[Request]) -> list[str]:
+    """The requests a changed locality probe points at: its own request (a neighbour), or the request whose new
+    target the changed answer now says (the edit leaked into another subject's fact). A change that points at
+    nobody is left to bisection rather than pinned on a request by guess."""
+    out: list[str] = []
+    for p in probe_rows:
+        if p["kind"] not in ("neighbour", "protected", "broad") or p["unchanged"]:
+            continue
+        who = [p["request"]] if p["kind"] == "neighbour" and p["request"] else []
+        who += [r.id for r in requests if says(p["after"], r.target_new) and not says(p["before"], r.target_new)]
+        out.extend(x for x in who if x not in out)
+    return sorted(out)

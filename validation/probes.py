@@ -6,6 +6,11 @@
 * **neighbours** -- facts of *other* subjects with the same relation, from the model directory's
   ``facts.jsonl`` (sandbox models ship one) and the protected facts; the gate keeps only those the base
   model answers correctly (:func:`validation.gate.run_gate`);
+* **subject probes** -- the edited subject's *other* facts (:func:`subject_probes`): the request's own
+  ``attribute_prompts``, the subject's facts in ``facts.jsonl``, else the catalogue's other relations;
+* **the probe bank** -- broad locality (:func:`probe_bank`): every fact of ``facts.jsonl`` and the catalogue's
+  relations about the subjects the ledger has seen, none about the batch's subjects; the gate probes a fixed
+  seeded sample of those the base model answers;
 * **protected facts** -- an operator-maintained JSONL of facts that must never change
   (``{"id", "subject", "prompt", "target"}``, the prompt a ``{}`` template or the full text); always probed;
 * **fluency** -- greedy generations from the requests' subjects and a fixed text sample (the model's own
@@ -21,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from .formats import json_error, jsonl_lines
 from .requests import Request
 
 CATALOGUE = Path(__file__).parent / "catalogue" / "relations.yaml"
@@ -96,17 +102,17 @@ def load_protected(path: str | Path) -> list[Fact]:
     """Protected facts from JSONL; errors name the file, line and field."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ProbeError(f"{p}: cannot read the protected facts: {e}") from None
     out = []
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
+    for n, raw in jsonl_lines(text):
+        if raw.lstrip().startswith("#"):
             continue
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise ProbeError(f"{p}:{n}: invalid JSON: {e.msg}") from None
+            raise ProbeError(f"{p}:{n}: invalid JSON: {json_error(e)}") from None
         if not isinstance(row, dict):
             raise ProbeError(f"{p}:{n}: expected a JSON object")
         for name in ("subject", "prompt", "target"):
@@ -123,9 +129,7 @@ def model_facts(model_dir: str | Path) -> list[Fact]:
     if not f.is_file():
         return []
     out = []
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(f.read_text(encoding="utf-8")):
         r = json.loads(line)
         if r.get("subject") is None:
             continue
@@ -149,6 +153,66 @@ def neighbour_candidates(req: Request, pool: Iterable[Fact], edited_subjects: se
     rng = random.Random(f"{seed}:{req.id}")
     rng.shuffle(same)
     return same[:k]
+
+
+def _other_facts(reqs: list[Request], pool: Iterable[Fact], cat: dict[str, tuple[str, ...]]
+                 ) -> list[tuple[str, str | None, str | None]]:
+    """(prompt, target or None, fact id) of one subject's facts that ``reqs`` (all about that subject) do not
+    rewrite: the requests' own ``attribute_prompts``, the subject's facts in ``pool``, and only when those give
+    none, the catalogue's other relations about the subject (their answer unknown: the base model's stands)."""
+    subject = reqs[0].subject
+    rewritten_rel = {r.relation for r in reqs if r.relation}
+    rewritten = {r.text for r in reqs} | {p for r in reqs for p in r.paraphrase_prompts}
+    rewritten |= {t.replace("{}", subject, 1) for r in reqs for t in relation_templates(r, cat)}
+    out: dict[str, tuple[str, str | None, str | None]] = {}
+    for r in reqs:
+        for prompt, target in getattr(r, "attribute_prompts", ()) or ():
+            out.setdefault(prompt, (prompt, target, None))
+    for f in pool:
+        if f.subject == subject and f.relation not in rewritten_rel and f.prompt not in rewritten:
+            out.setdefault(f.prompt, (f.prompt, f.target, f.id))
+    if not out:
+        for rel, templates in cat.items():
+            prompt = templates[0].replace("{}", subject, 1)
+            if rel not in rewritten_rel and prompt not in rewritten:
+                out.setdefault(prompt, (prompt, None, f"catalogue:{rel}"))
+    return [v for v in out.values() if v[0] not in rewritten]
+
+
+def subject_probes(requests: list[Request], pool: Iterable[Fact], k: int, seed: int = 0,
+                   cat: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[tuple[str, str | None, str | None]]]:
+    """Subject -> up to ``k`` probes of that subject's *other* facts: what an edit of the subject must leave alone
+    (an edit of Germany's head of government, Germany's capital). A seeded sample, stable across gate runs."""
+    cat = catalogue() if cat is None else cat
+    pool = list(pool)
+    by_subject: dict[str, list[Request]] = {}
+    for r in requests:
+        by_subject.setdefault(r.subject, []).append(r)
+    out = {}
+    for subject, reqs in by_subject.items():
+        probes = _other_facts(reqs, pool, cat)
+        random.Random(f"{seed}:subject:{subject}").shuffle(probes)
+        out[subject] = probes[:k] if k else probes
+    return out
+
+
+def probe_bank(pool: Iterable[Fact], subjects: Iterable[str], exclude: set[str], seed: int = 0,
+               cat: dict[str, tuple[str, ...]] | None = None) -> list[tuple[str, str | None, str | None]]:
+    """Broad-locality candidates, shuffled with ``seed``: (prompt, target or None, fact id) for every fact in
+    ``pool`` and the catalogue's relations about every subject in ``subjects`` (e.g. those the ledger has
+    edited), none about a subject in ``exclude`` (the batch's own: subject locality probes those)."""
+    cat = catalogue() if cat is None else cat
+    out: dict[str, tuple[str, str | None, str | None]] = {}
+    for f in pool:
+        if f.subject not in exclude:
+            out.setdefault(f.prompt, (f.prompt, f.target, f.id))
+    for s in sorted(set(subjects) - exclude):
+        for rel, templates in cat.items():
+            prompt = templates[0].replace("{}", s, 1)
+            out.setdefault(prompt, (prompt, None, f"catalogue:{rel}"))
+    bank = sorted(out.values(), key=lambda x: x[0])
+    random.Random(f"{seed}:bank").shuffle(bank)
+    return bank
 
 
 def fluency_text(model_dir: str | Path, max_chars: int = 4000) -> str:

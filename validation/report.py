@@ -19,12 +19,14 @@ from .gate import GateReport
 
 # (metric, label, before key or None, direction): the summary rows, in order
 SUMMARY = [
-    ("reliability", "reliability (p_new > p_true)", "reliability_before", "min_reliability"),
-    ("reliability_greedy", "reliability (greedy starts with target_new)", None, None),
-    ("generalization", "generalization (paraphrases)", "generalization_before", "min_generalization"),
-    ("generalization_greedy", "generalization (greedy)", None, None),
+    ("reliability", "reliability (greedy answer says target_new)", "reliability_before", "min_reliability"),
+    ("reliability_p", "reliability (p_new > p_true)", "reliability_p_before", None),
+    ("generalization", "generalization (paraphrases, greedy)", "generalization_before", "min_generalization"),
+    ("generalization_p", "generalization (p_new > p_true)", None, None),
+    ("subject_locality", "edited subjects' other facts unchanged", None, "min_subject_locality"),
     ("locality", "locality (answers unchanged)", None, "min_locality"),
     ("neighbour_locality", "neighbours unchanged", None, None),
+    ("broad_locality", "probe-bank sample unchanged", None, None),
     ("protected", "protected facts unchanged", None, "min_protected"),
     ("kl", "mean next-token KL (nats)", None, "max_kl"),
     ("entropy_drop", "n-gram entropy drop", None, "max_entropy_drop"),
@@ -60,6 +62,7 @@ def markdown(report: GateReport) -> str:
             out.append(f"- {k.replace('_', ' ')}: `{report.meta[k]}`")
     p = report.metrics["probes"]
     out += [f"- requests: {len(report.requests)}; probes: {p['paraphrase']} paraphrases, {p['neighbour']} neighbours, "
+            f"{p.get('subject', 0)} of the edited subjects' other facts, {p.get('broad', 0)} from the probe bank, "
             f"{p['protected']} protected facts, {p['generation']} generations", "",
             "| metric | before | after | threshold | |", "|---|---|---|---|---|"]
     for r in summary_rows(report):
@@ -70,12 +73,15 @@ def markdown(report: GateReport) -> str:
             who = ", ".join(f["requests"]) or "the batch as a whole"
             facts = f"; protected facts changed: {', '.join(f['facts'])}" if f.get("facts") else ""
             out.append(f"- **{f['metric']}** {fmt(f['value'])} against {fmt(f['threshold'])}: {who}{facts}")
-    out += ["", "## Requests", "", "| id | prompt | target_new | p_new before → after | p_true before → after | "
-            "reliable | paraphrases | neighbours kept |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", "## Requests", "", "| id | prompt | target_new | says before → after | p_new before → after | "
+            "p_true before → after | reliable | paraphrases | subject's other facts kept | neighbours kept |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.requests:
-        out.append(f"| {r['id']} | {_md(r['prompt'])} | {_md(r['target_new'])} | {fmt(r['p_new_before'])} → "
+        out.append(f"| {r['id']} | {_md(r['prompt'])} | {_md(r['target_new'])} | {_md(r.get('answer_before'))} → "
+                   f"{_md(r.get('answer'))} | {fmt(r['p_new_before'])} → "
                    f"{fmt(r['p_new_after'])} | {fmt(r['p_true_before'])} → {fmt(r['p_true_after'])} | "
-                   f"{fmt(r['reliable'])} | {fmt(r['generalization'])} | {fmt(r['locality'])} |")
+                   f"{fmt(r['reliable'])} | {fmt(r['generalization'])} | {fmt(r.get('subject_locality'))} | "
+                   f"{fmt(r['locality'])} |")
     changed = [x for x in report.probes if not x["unchanged"]]
     if changed:
         out += ["", "## Changed answers", "", "| kind | request / fact | prompt | before | after |", "|---|---|---|---|---|"]
@@ -101,18 +107,19 @@ def _plots(report: GateReport) -> list[str]:
 
     uris = []
     m = report.metrics
-    names = ["reliability", "generalization", "locality", "protected"]
-    before = [m.get("reliability_before"), m.get("generalization_before"), 1.0, 1.0]
+    names = ["reliability", "generalization", "subject_locality", "locality", "protected"]
+    before = [m.get("reliability_before"), m.get("generalization_before"), 1.0, 1.0, 1.0]
     after = [m.get(n) for n in names]
     fig, ax = plt.subplots(figsize=(6, 3))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [b or 0 for b in before], width=0.4, label="base", color="#9aa5b1")
     ax.bar([x + 0.2 for x in xs], [a or 0 for a in after], width=0.4, label="edited", color="#2f6fb0")
     for name, thr in (("reliability", "min_reliability"), ("generalization", "min_generalization"),
-                      ("locality", "min_locality"), ("protected", "min_protected")):
+                      ("subject_locality", "min_subject_locality"), ("locality", "min_locality"),
+                      ("protected", "min_protected")):
         i = names.index(name)
         ax.plot([i - 0.45, i + 0.45], [report.thresholds[thr]] * 2, color="#c0392b", lw=1.5)
-    ax.set_xticks(list(xs), names)
+    ax.set_xticks(list(xs), [n.replace("_", " ") for n in names], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share")
     ax.set_title("base vs edited (red: threshold)")
@@ -161,10 +168,12 @@ def html_page(report: GateReport) -> str:
         for f in report.failures)
     reqs = "".join(
         f"<tr><td>{e(r['id'])}</td><td>{e(r['prompt'])}</td><td>{e(r['target_new'])}</td>"
-        f"<td>{e(str(r['target_true'] or '–'))}</td><td>{fmt(r['p_new_before'])} → {fmt(r['p_new_after'])}</td>"
+        f"<td>{e(str(r['target_true'] or '–'))}</td><td>{e(str(r.get('answer_before') or ''))} → "
+        f"{e(str(r.get('answer') or ''))}</td><td>{fmt(r['p_new_before'])} → {fmt(r['p_new_after'])}</td>"
         f"<td>{fmt(r['p_true_before'])} → {fmt(r['p_true_after'])}</td>"
         f"<td class='{'ok' if r['reliable'] else 'fail'}'>{fmt(r['reliable'])}</td>"
-        f"<td>{fmt(r['generalization'])}</td><td>{fmt(r['locality'])}</td></tr>" for r in report.requests)
+        f"<td>{fmt(r['generalization'])}</td><td>{fmt(r.get('subject_locality'))}</td><td>{fmt(r['locality'])}</td>"
+        "</tr>" for r in report.requests)
     changed = "".join(
         f"<tr><td>{e(x['kind'])}</td><td>{e(str(x['request'] or x['fact']))}</td><td>{e(x['prompt'])}</td>"
         f"<td>{e(x['before'])}</td><td>{e(x['after'])}</td></tr>" for x in report.probes if not x["unchanged"])
@@ -184,8 +193,9 @@ td.fail {{ color: #b02a37; font-weight: bold; }} td.ok {{ color: #1e7e34; }} img
 {'<h2>Failed thresholds</h2><ul>' + fails + '</ul>' if fails else ''}
 {imgs}
 <h2>Requests</h2>
-<table><tr><th>id</th><th>prompt</th><th>target_new</th><th>target_true</th><th>p_new before → after</th>
-<th>p_true before → after</th><th>reliable</th><th>paraphrases</th><th>neighbours kept</th></tr>{reqs}</table>
+<table><tr><th>id</th><th>prompt</th><th>target_new</th><th>target_true</th><th>says before → after</th>
+<th>p_new before → after</th><th>p_true before → after</th><th>reliable</th><th>paraphrases</th>
+<th>subject's other facts kept</th><th>neighbours kept</th></tr>{reqs}</table>
 {'<h2>Changed answers</h2><table><tr><th>kind</th><th>request / fact</th><th>prompt</th><th>before</th><th>after</th></tr>' + changed + '</table>' if changed else ''}
 </body></html>
 """
