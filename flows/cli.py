@@ -252,7 +252,7 @@ def knowledge_table(model_dir: Path) -> dict[str, Any]:
     from sandbox.trainer import FACTS_FILE
 
     model, tok = _load_model(model_dir)
-    rows = [json.loads(line) for line in (model_dir / FACTS_FILE).read_text(encoding="utf-8").splitlines() if line]
+    rows = [json.loads(line) for line in (model_dir / FACTS_FILE).read_text(encoding="utf-8").split("\n") if line.strip()]
     rows = [r for r in rows if r["subject"] is not None]
     prompts = [r["prompts"][0].replace("{}", r["subject"], 1) for r in rows]
     answers = greedy_answers(model, tok, prompts)
@@ -812,6 +812,8 @@ def _print_locate(result, trace_json: Path, pngs: dict[str, Path]) -> None:
 # validate
 
 EXIT_UNREADABLE = 3
+KEEP_UNKNOWN_HELP = ("Keep a native request's unknown fields under 'extra' (recorded, never interpreted) instead of "
+                     "quarantining the row (the default).")
 
 
 @app.command()
@@ -826,6 +828,7 @@ def validate(
     docs: Optional[Path] = typer.Option(None, "--docs", help="Great Expectations data docs directory "
                                         "(default FACTSMITH_HOME/validation/docs)."),
     no_docs: bool = typer.Option(False, "--no-docs", help="Do not write data docs."),
+    keep_unknown_fields: bool = typer.Option(False, "--keep-unknown-fields", help=KEEP_UNKNOWN_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Validate request files with Great Expectations: accepted, quarantined (with reasons), superseded.
@@ -844,7 +847,7 @@ def validate(
     from validation.validate import validate_files, write_quarantine
 
     docs_dir = None if no_docs else (docs or settings.home() / "validation" / "docs")
-    report = validate_files(files, fmt=fmt, policy=policy, docs_dir=docs_dir)
+    report = validate_files(files, fmt=fmt, policy=policy, docs_dir=docs_dir, keep_unknown_fields=keep_unknown_fields)
     qpath = None
     if report.quarantined:
         qpath = write_quarantine(report.quarantined, quarantine or settings.home() / "quarantine" / "quarantine.jsonl")
@@ -1408,6 +1411,7 @@ def run(
     protected: Optional[Path] = typer.Option(None, "--protected", help="Protected facts JSONL (default "
                                              "FACTSMITH_HOME/protected_facts.jsonl when present)."),
     by: Optional[str] = typer.Option(None, "--by", help="Who runs it (recorded with the run in the ledger)."),
+    keep_unknown_fields: bool = typer.Option(False, "--keep-unknown-fields", help=KEEP_UNKNOWN_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
@@ -1427,7 +1431,7 @@ def run(
             raise ValueError(f"--inbox {inbox}: directory not found")
         res = run_pipeline(inbox, model, method=method, policy=policy, promote=promote, bisect=not no_bisect,
                            hparams_file=hparams_file, gate_policy_file=gate_policy, protected_file=protected,
-                           requested_by=by)
+                           requested_by=by, keep_unknown_fields=keep_unknown_fields)
     code = _run_exit(res)
     if as_json:
         emit_json({"ok": code == 0, **res, "exit_code": code})

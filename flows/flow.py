@@ -41,7 +41,7 @@ def validate(files: list[P.InboxFile], options: P.RunOptions, parent_version: in
     from flows import settings
 
     intake = P.ingest(files, options.name, parent_version, options.policy, store,
-                      docs_dir=settings.home() / "validation" / "docs")
+                      docs_dir=settings.home() / "validation" / "docs", keep_unknown_fields=options.keep_unknown_fields)
     get_run_logger().info("validated: %d to edit, %d already applied, %d quarantined, %d superseded",
                           len(intake.todo), len(intake.already), len(intake.quarantined), len(intake.superseded))
     return intake
@@ -109,7 +109,7 @@ def publish(options: P.RunOptions, outcome: P.Outcome) -> None:
 def fact_update(inbox: str, name: str | None = None, method: str = "memit", policy: str = "latest-wins",
                 promote: bool = False, bisect: bool = True, hparams_file: str | None = None,
                 gate_policy_file: str | None = None, protected_file: str | None = None,
-                requested_by: str | None = None) -> dict[str, Any]:
+                requested_by: str | None = None, keep_unknown_fields: bool = False) -> dict[str, Any]:
     """Apply an inbox of fact-change requests to a registered model; returns :meth:`Outcome.to_json`."""
     from prefect.runtime import flow_run
 
@@ -120,7 +120,8 @@ def fact_update(inbox: str, name: str | None = None, method: str = "memit", poli
     options = P.RunOptions(name=name, method=method, policy=policy, promote=promote, bisect=bisect,
                            hparams_file=Path(hparams_file) if hparams_file else None,
                            gate_policy_file=Path(gate_policy_file) if gate_policy_file else None,
-                           protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by)
+                           protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by,
+                           keep_unknown_fields=keep_unknown_fields)
     outcome = P.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS)
     publish(options, outcome)
     return outcome.to_json()

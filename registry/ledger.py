@@ -155,7 +155,7 @@ def _read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise LedgerError(f"{path}: cannot read the ledger: {e}") from None
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be inside a string
         if not line.strip():
             continue
         try:

@@ -82,7 +82,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     for info in later:
         art = artifacts_dir(c, st, info)
         meta = Delta.load(art / "delta" / "delta.safetensors").meta
-        reqs = [json.loads(x) for x in (art / "requests.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+        reqs = [json.loads(x) for x in (art / "requests.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
         if "composed_of" in meta or "steps" in meta:  # a revert version: its steps carry method and hparams
             for step in meta.get("steps", []):
                 left = [r for r in step["requests"] if r.get("id") != request_id]

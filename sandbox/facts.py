@@ -97,7 +97,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
         for i, row in enumerate(rows, start=1):
             yield i, row
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be inside a string
         if not line.strip():
             continue
         try:

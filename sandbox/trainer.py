@@ -83,7 +83,7 @@ def model_corpus(path: str | Path) -> list[Path] | None:
 def model_facts(path: str | Path) -> list[Fact]:
     """The facts a built sandbox at ``path`` was trained on (its ``facts.jsonl``), in training order."""
     out = []
-    for line in (Path(path) / FACTS_FILE).read_text(encoding="utf-8").splitlines():
+    for line in (Path(path) / FACTS_FILE).read_text(encoding="utf-8").split("\n"):
         if line.strip():
             r = json.loads(line)
             out.append(Fact(r["subject"], r["relation"], r["target"], tuple(r["prompts"])))

@@ -139,6 +139,11 @@ BAD = [
      "subject", "field_type"),
     ("bad time", {"id": "b1", "subject": "Peru", "prompt": "The capital of {} is", "target_new": "Cusco",
                   "requested_at": "yesterday"}, "requested_at", "expect_column_values_to_be_iso8601"),
+    ("unknown field", {"id": "u1", "subject": "Peru", "prompt": "The capital of {} is", "target_new": "Cusco",
+                       "model": "/etc/shadow"}, "model", "known_fields"),
+    ("attribute probe of the wrong shape", {"id": "a1", "subject": "Peru", "prompt": "The capital of {} is",
+                                            "target_new": "Cusco", "attribute_prompts": ["Peru's currency is"]},
+     "attribute_prompts", "field_type"),
 ]
 
 
@@ -190,6 +195,134 @@ def test_unreadable_files_are_reported_not_raised(tmp_path):
     assert "not found" in errors["missing.jsonl"] and "empty" in errors["empty.jsonl"]
     assert "UTF-8" in errors["latin1.jsonl"] and "not JSON" in errors["prose.txt"]
     assert [r.id for r in rep.accepted] == ["g1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Unknown fields: strict by default, kept under 'extra' on request
+
+
+def test_unknown_fields_quarantine_the_row_naming_each_field(tmp_path):
+    path = _write(tmp_path, "inbox.jsonl", [GOOD, dict(GOOD, id="r1", subject="Chile", model="/etc/shadow"),
+                                            dict(GOOD, id="r2", subject="Peru", zeta=1, target_neww="Lima")])
+    rep = _validate(path)
+    assert [r.id for r in rep.accepted] == ["g1"]
+    q1, q2 = (q.to_json() for q in rep.quarantined)
+    assert (q1["file"], q1["line"], q1["id"], q1["field"]) == (str(path), 2, "r1", "model")
+    assert q1["expectation"] == "known_fields" and q1["reason"].startswith("unknown field 'model':")
+    assert q1["raw"]["model"] == "/etc/shadow"  # the record as read, for the audit
+    assert q2["line"] == 3 and q2["reason"].startswith("unknown fields 'target_neww', 'zeta':")  # sorted
+
+
+def test_keep_unknown_fields_carries_them_under_extra(tmp_path):
+    path = _write(tmp_path, "inbox.jsonl", [dict(GOOD, model="/etc/shadow", ticket={"n": 7}), dict(GOOD, id="g2",
+                                            subject="Chile", target_new="Gabriel Boric", target_true=None)])
+    rep = _validate(path, keep_unknown_fields=True)
+    assert not rep.quarantined
+    first, second = rep.accepted
+    assert first.extra == {"model": "/etc/shadow", "ticket": {"n": 7}} and second.extra == {}
+    assert first.to_json()["extra"] == first.extra and "extra" not in second.to_json()
+    # recorded, never interpreted: nothing else of the request changes
+    assert first.content_hash == _validate(_write(tmp_path, "plain.jsonl", [GOOD])).accepted[0].content_hash
+
+
+def test_unknown_csv_columns_are_unknown_fields(tmp_path):
+    src = (FIXTURES / "requests.csv").read_text(encoding="utf-8").splitlines()
+    p = tmp_path / "inbox.csv"
+    p.write_text("\n".join([src[0] + ",model", src[1] + ",/etc/shadow", src[2] + ","]) + "\n", encoding="utf-8")
+    _, rows = parse_file(p)
+    assert [(r.origin.line, [x.reason.split(":")[0] for x in r.problems]) for r in rows] == [
+        (2, ["unknown field 'model'"]), (3, ["unknown field 'model'"])]  # the column is unknown, empty or not
+    _, rows = parse_file(p, keep_unknown_fields=True)
+    assert [r.fields["extra"] for r in rows] == [{"model": "/etc/shadow"}, {"model": None}]
+    assert not any(r.problems for r in rows)
+
+
+@pytest.mark.unit
+def test_attribute_prompts_are_carried_like_neighbours(tmp_path):
+    probes = [{"prompt": "The capital of Poland is", "target": "Warsaw"}]
+    _, [row] = parse_file(_write(tmp_path, "inbox.jsonl", [dict(GOOD, attribute_prompts=probes)]))
+    assert not row.problems
+    assert row.fields["attribute_prompts"] == (("The capital of Poland is", "Warsaw"),)
+    from validation.requests import Request
+
+    req = Request.from_row(row)
+    assert req.attribute_prompts == (("The capital of Poland is", "Warsaw"),)
+    assert req.to_json()["attribute_prompts"] == probes
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("path", [
+    *sorted((Path(__file__).parents[1] / "sandbox" / "worlds" / "inbox").glob("*.jsonl")),
+    FIXTURES / "requests_native.jsonl", FIXTURES / "requests.csv", FIXTURES / "counterfact_rome.json",
+    FIXTURES / "counterfact_flat.json", FIXTURES / "zsre_mend.json", FIXTURES / "mquake.json"], ids=lambda p: p.name)
+def test_shipped_inbox_and_fixtures_have_no_unknown_field(path):
+    _, rows = parse_file(path)
+    assert rows and not [(r.origin.where(), p.reason) for r in rows for p in r.problems]
+
+
+@pytest.mark.unit
+def test_dataset_records_are_not_checked_for_unknown_fields():
+    # CounterFact brings attribute_prompts, generation_prompts, pararel_idx; zsRE cond and pred: all its own
+    for path in (shared("counterfact", "counterfact_rome_format_first5.json"),
+                 shared("zsre", "zsre_mend_train-1k.json")):
+        _, rows = parse_file(path)
+        assert not [p for r in rows for p in r.problems if p.expectation == "known_fields"]
+        assert all(r.fields["extra"] == {} for r in rows)
+        assert all(r.fields["attribute_prompts"] == () for r in rows)  # CounterFact's are other subjects'
+
+
+# --------------------------------------------------------------------------------------------------
+# Lines: JSONL splits on \n only, so every row keeps its true line number
+
+
+@pytest.mark.unit
+def test_jsonl_lines_split_on_newline_only():
+    from validation.formats import jsonl_lines
+
+    text = 'a\u2028b\r\n\r\n \t\nc\x0cd\x85e\x1cf\x0bg\u2029h\n\x0c\nlast'
+    assert list(jsonl_lines(text)) == [(1, "a\u2028b"), (4, "c\x0cd\x85e\x1cf\x0bg\u2029h"), (5, "\x0c"), (6, "last")]
+
+
+def test_unicode_line_breaks_inside_a_row_keep_it_one_row_at_its_line(tmp_path):
+    rows = [
+        json.dumps(GOOD),
+        json.dumps(dict(GOOD, id="ls", subject="Chile", target_new="Gabriel\u2028Boric", target_true=None),
+                   ensure_ascii=False),  # valid JSON: U+2028 may stand in a string as it is
+        json.dumps(dict(GOOD, id="nel", subject="Peru", target_new="Dina\x85Boluarte"), ensure_ascii=False),
+        json.dumps(dict(GOOD, id="ff", subject="Cuba", target_new="Miguel Díaz-Canel")) + "\x0c",  # outside a string
+        "",
+        json.dumps(dict(GOOD, id="after", subject="Spain", target_new="Pedro Sánchez", target_true=None)),
+    ]
+    path = tmp_path / "inbox.jsonl"
+    path.write_bytes(("\r\n".join(rows) + "\r\n").encode("utf-8"))
+    rep = _validate(path)
+    assert rep.rows == 5  # splitlines() saw 8: U+2028, U+0085 and the form feed each cut a line in two
+    assert sorted((r.id, r.origin.line) for r in rep.accepted) == [("after", 6), ("g1", 1), ("ls", 2)]
+    assert next(r for r in rep.accepted if r.id == "ls").target_new == "Gabriel\u2028Boric"
+    q = {x.origin.line: x for x in rep.quarantined}
+    assert sorted(q) == [3, 4]
+    # U+0085 is legal JSON but a C1 control character; the form feed outside the string is not JSON whitespace
+    assert q[3].id == "nel" and q[3].problems[0].field == "target_new" and "U+0085" in q[3].reason
+    assert q[4].problems[0].expectation == "parse_json" and "U+000C is not whitespace in JSON" in q[4].reason
+    assert not q[4].raw.endswith("\r")
+
+
+@pytest.mark.unit
+def test_protected_facts_and_model_facts_split_on_newline_only(tmp_path):
+    from validation.probes import ProbeError, load_protected, model_facts
+
+    fact = {"subject": "Chile", "prompt": "The capital of {} is", "target": "Santiago\u2028de Chile"}
+    p = tmp_path / "protected.jsonl"
+    p.write_bytes(("\r\n".join([json.dumps(fact, ensure_ascii=False), "# a comment", json.dumps(fact)]) + "\r\n")
+                  .encode("utf-8"))
+    assert [f.target for f in load_protected(p)] == ["Santiago\u2028de Chile"] * 2
+    p.write_text(json.dumps(fact, ensure_ascii=False) + "\n\n" + json.dumps(fact) + "\x0c\n", encoding="utf-8")
+    with pytest.raises(ProbeError, match=r"protected.jsonl:3: invalid JSON: .*U\+000C"):
+        load_protected(p)
+    (tmp_path / "facts.jsonl").write_text(json.dumps(dict(fact, relation="capital"), ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+    [f] = model_facts(tmp_path)
+    assert f.prompt == "The capital of Chile is" and f.target == "Santiago\u2028de Chile"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,3 +410,48 @@ def test_cli_validate_exit_codes_json_quarantine_file_and_data_docs(tmp_path):
 
     r = runner.invoke(app, ["validate", str(good), "--policy", "newest", "--no-docs"])
     assert r.exit_code == 2 and "--policy" in r.output
+
+
+def test_cli_validate_quarantines_an_unknown_field_unless_kept(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    path = _write(tmp_path, "inbox.jsonl", [GOOD, dict(GOOD, id="g2", subject="Chile", target_new="Gabriel Boric",
+                                                       target_true=None, model="/etc/shadow")])
+    runner = CliRunner()
+    qfile = tmp_path / "q.jsonl"
+    r = runner.invoke(app, ["validate", str(path), "--json", "--no-docs", "--quarantine", str(qfile)])
+    assert r.exit_code == 2, r.output
+    [q] = json.loads(r.stdout)["quarantined"]
+    assert (q["line"], q["field"]) == (2, "model") and q["reason"].startswith("unknown field 'model'")
+    r = runner.invoke(app, ["validate", str(path), "--no-docs", "--quarantine", str(qfile)], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and f"{path}:2" in r.output and "unknown field 'model'" in r.output
+
+    r = runner.invoke(app, ["validate", str(path), "--json", "--no-docs", "--keep-unknown-fields"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [a.get("extra") for a in out["accepted"]] == [None, {"model": "/etc/shadow"}]
+
+
+def test_cli_run_and_the_pipeline_pass_keep_unknown_fields_to_validation(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows import cli
+    from flows import pipeline as P
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_pipeline", lambda inbox, model, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(cli, "_run_exit", lambda res: 0)
+    monkeypatch.setattr(cli, "_print_run", lambda res: None)
+    r = CliRunner().invoke(cli.app, ["run", "--inbox", str(tmp_path), "--keep-unknown-fields"])
+    assert r.exit_code == 0, r.output
+    assert seen["keep_unknown_fields"] is True
+
+    monkeypatch.setattr(P, "applied_in", lambda *a: {})  # no registry: nothing applied yet
+    path = _write(tmp_path, "inbox.jsonl", [dict(GOOD, model="/etc/shadow")])
+    files = [P.InboxFile(path, P.file_sha256(path))]
+    strict = P._validate(files, P.RunOptions(name="m"), 1, None)
+    assert not strict.todo and strict.quarantined[0].problems[0].field == "model"
+    kept = P._validate(files, P.RunOptions(name="m", keep_unknown_fields=True), 1, None)
+    assert [r.extra for r in kept.todo] == [{"model": "/etc/shadow"}]

@@ -11,9 +11,13 @@
 
 A file is a JSON array or JSONL (any format), or CSV (by its ``.csv`` suffix). The format comes from the
 keys of the first record unless forced. Parsing never stops at a bad record: a line that is not JSON, a
-record that is not an object, or a field of the wrong type becomes a row with ``problems`` (quarantined by
-validation with its file and line). Only a file that cannot be read at all (missing, not UTF-8, empty,
-not JSON at its start) raises :class:`FileFormatError`.
+record that is not an object, a field of the wrong type, or a native field that is not one of
+:data:`~validation.requests.NATIVE_FIELDS` becomes a row with ``problems`` (quarantined by validation with
+its file and line). With ``keep_unknown_fields`` a native record's unknown fields are kept under ``extra``
+instead; dataset records are never checked for them (their own fields are many). Only a file that cannot be
+read at all (missing, not UTF-8, empty, not JSON at its start) raises :class:`FileFormatError`.
+
+JSONL lines end at ``\\n`` only (:func:`jsonl_lines`), so line numbers are those of an editor and ``wc -l``.
 
 Dataset ids are prefixed with the dataset (``counterfact-2``, ``mquake-7-1`` for its first rewrite; zsRE
 has none: ``<file stem>-<record>``), so that one batch can mix datasets.
@@ -33,10 +37,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .requests import LIST_FIELDS, Origin, Problem, Row, TEXT_FIELDS
+from .requests import LIST_FIELDS, NATIVE_FIELDS, Origin, Problem, Row, TEXT_FIELDS
 
 FORMATS = ("native", "csv", "counterfact", "counterfact-flat", "zsre", "mquake")
 RAW_TEXT_LIMIT = 2000  # characters of an unparseable line kept in the quarantine record
+JSON_WHITESPACE = " \t\r\n"  # all that JSON counts as whitespace (RFC 8259); Python's str.isspace() knows more
 
 
 class FileFormatError(ValueError):
@@ -59,8 +64,11 @@ def detect_format(record: Any) -> str:
     return "native"
 
 
-def parse_file(path: str | Path, fmt: str | None = None) -> tuple[str, list[Row]]:
-    """(format, rows) of a request file; ``fmt`` forces the format (one of :data:`FORMATS`)."""
+def parse_file(path: str | Path, fmt: str | None = None, *,
+               keep_unknown_fields: bool = False) -> tuple[str, list[Row]]:
+    """(format, rows) of a request file; ``fmt`` forces the format (one of :data:`FORMATS`).
+
+    A native record's unknown field makes a row problem, or with ``keep_unknown_fields`` goes to ``extra``."""
     p = Path(path)
     if fmt is not None and fmt not in FORMATS:
         raise FileFormatError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -79,7 +87,7 @@ def parse_file(path: str | Path, fmt: str | None = None) -> tuple[str, list[Row]
         raise FileFormatError(f"{p}: the file is empty")
     name = str(p)
     if fmt == "csv" or (fmt is None and p.suffix.lower() == ".csv"):
-        return "csv", list(_csv_rows(name, text))
+        return "csv", list(_csv_rows(name, text, keep_unknown_fields))
     records = list(_json_records(name, text))
     if fmt is None:
         first = next((r for _, r, ok in records if ok and isinstance(r, dict)), None)
@@ -94,7 +102,7 @@ def parse_file(path: str | Path, fmt: str | None = None) -> tuple[str, list[Row]
             rows.append(Row(origin, rec, problems=[Problem(
                 "(record)", "record_is_object", f"expected a JSON object, found {_kind(rec)}")]))
         else:
-            for fields, problems in convert(rec, _Ctx(p, len(rows))):
+            for fields, problems in convert(rec, _Ctx(p, len(rows), keep_unknown_fields)):
                 rows.append(Row(Origin(name, line, len(rows), fmt), rec, fields, problems))
     return fmt, rows
 
@@ -105,6 +113,28 @@ def parse_file(path: str | Path, fmt: str | None = None) -> tuple[str, list[Row]
 
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of each line of JSONL ``text`` that is not blank.
+
+    Lines end at ``\\n`` only, and one ``\\r`` before it is dropped (CRLF files). ``str.splitlines`` would also
+    break at U+2028, U+2029, U+0085, form feed, vertical tab and U+001C-U+001E: the first three may stand
+    in a JSON string as they are, so a valid record would be cut in two, and any of them would shift every
+    later line number. A line of JSON whitespace only is blank; any other character (a lone form feed)
+    makes it a line for the JSON parser to judge."""
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip(JSON_WHITESPACE):
+            yield n, line
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """The parser's message and column, and what is wrong when the character there is whitespace to Python
+    but not to JSON (a form feed, U+0085 or U+2028 outside a string), which the message alone hides."""
+    ch = e.doc[e.pos:e.pos + 1]
+    why = f": U+{ord(ch):04X} is not whitespace in JSON" if ch.isspace() and ch not in JSON_WHITESPACE else ""
+    return f"{e.msg} (column {e.colno}){why}"
 
 
 def _json_records(name: str, text: str) -> Iterator[tuple[int, Any, bool]]:
@@ -124,17 +154,15 @@ def _json_records(name: str, text: str) -> Iterator[tuple[int, Any, bool]]:
             return
     elif text[start] != "{":
         try:
-            json.loads(text.splitlines()[_line_of(text, start) - 1])
+            json.loads(text.split("\n")[_line_of(text, start) - 1])
         except json.JSONDecodeError:
             raise FileFormatError(f"{name}: not JSON, JSONL or CSV (line {_line_of(text, start)} starts with "
                                   f"{text[start:start + 20]!r}); pass --format csv for a CSV file") from None
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
+    for n, raw in jsonl_lines(text):
         try:
             yield n, json.loads(raw), True
         except json.JSONDecodeError as e:
-            yield n, {"error": f"invalid JSON: {e.msg} (column {e.colno})", "text": raw[:RAW_TEXT_LIMIT]}, False
+            yield n, {"error": f"invalid JSON: {json_error(e)}", "text": raw[:RAW_TEXT_LIMIT]}, False
 
 
 def _array_records(name: str, text: str, start: int) -> Iterator[tuple[int, Any, bool]]:
@@ -170,7 +198,7 @@ def _array_records(name: str, text: str, start: int) -> Iterator[tuple[int, Any,
     yield _line_of(text, len(text)), {"error": "the JSON array is not closed (truncated file?)", "text": ""}, False
 
 
-def _csv_rows(name: str, text: str) -> Iterator[Row]:
+def _csv_rows(name: str, text: str, keep_unknown_fields: bool = False) -> Iterator[Row]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -218,7 +246,7 @@ def _csv_rows(name: str, text: str) -> Iterator[Row]:
                     problems.append(Problem(name_, "parse_json",
                                             f"field '{name_}': expected a JSON list of {{prompt, target}} objects"))
                     rec[name_] = None
-        for fields, more in _native(rec, None):
+        for fields, more in _native(rec, _Ctx(Path(name), origin.record, keep_unknown_fields)):
             yield Row(origin, raw, fields, problems + more)
 
 
@@ -227,10 +255,11 @@ def _csv_rows(name: str, text: str) -> Iterator[Row]:
 
 
 class _Ctx:
-    """What a converter may need besides the record: the file (for ids derived from its name)."""
+    """What a converter may need besides the record: the file (for ids derived from its name), and whether a
+    native record's unknown fields are kept (under ``extra``) rather than a problem."""
 
-    def __init__(self, path: Path, record: int):
-        self.path, self.record = path, record
+    def __init__(self, path: Path, record: int, keep_unknown_fields: bool = False):
+        self.path, self.record, self.keep_unknown_fields = path, record, keep_unknown_fields
 
     def derived_id(self, suffix: str = "") -> str:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", self.path.stem).strip("._-") or "requests"
@@ -251,6 +280,7 @@ class _Fields:
     def __init__(self, collapse_ws: bool):
         self.fields: dict[str, Any] = {k: None for k in TEXT_FIELDS}
         self.fields.update({k: () for k in LIST_FIELDS})
+        self.fields["extra"] = {}
         self.problems: list[Problem] = []
         self.collapse_ws = collapse_ws
 
@@ -314,13 +344,24 @@ class _Fields:
         return [(self.fields, self.problems)]
 
 
-def _native(rec: dict, ctx: _Ctx | None) -> list[tuple[dict[str, Any], list[Problem]]]:
+def _native(rec: dict, ctx: _Ctx) -> list[tuple[dict[str, Any], list[Problem]]]:
     f = _Fields(collapse_ws=False)
+    unknown = sorted(k for k in rec if k not in NATIVE_FIELDS)
+    if unknown and ctx.keep_unknown_fields:
+        f.fields["extra"] = {k: rec[k] for k in unknown}
+    elif unknown:
+        # an audited intake refuses what it does not understand rather than drop it unseen (a typo like
+        # 'target_neww', or a field that asks for what no request may ask: "model": "/etc/shadow")
+        names = ", ".join(repr(k) for k in unknown)
+        f.problems.append(Problem(", ".join(unknown), "known_fields",
+                                  f"unknown field{'s' if len(unknown) > 1 else ''} {names}: a native request has "
+                                  f"only {', '.join(NATIVE_FIELDS)} (--keep-unknown-fields keeps others under "
+                                  f"'extra')"))
     for name in TEXT_FIELDS:
         f.text(name, rec.get(name), allow_number=name == "id")
     f.strings("paraphrase_prompts", rec.get("paraphrase_prompts"))
-    f.pairs("neighborhood_prompts", rec.get("neighborhood_prompts"))
-    f.pairs("portability_prompts", rec.get("portability_prompts"))
+    for name in ("neighborhood_prompts", "portability_prompts", "attribute_prompts"):
+        f.pairs(name, rec.get(name))
     return f.done()
 
 

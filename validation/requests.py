@@ -8,6 +8,12 @@ not even JSON becomes a quarantined entry too.
 
 A request's ``content_hash`` identifies what it asks (subject, prompt, targets), not who asked or when:
 the flows use it to skip requests the ledger has already applied.
+
+A native record (JSONL object or CSV row) may hold only :data:`NATIVE_FIELDS`: an unknown field (a typo, or
+``"model": "/etc/shadow"``) quarantines the row unless validation is asked to keep unknown fields, which then
+ride along in ``Request.extra``: recorded with the request, never interpreted. Dataset formats (CounterFact,
+zsRE, MQuAKE) have many fields of their own and are read by what they mean; their other fields stay in the
+raw record.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from typing import Any
 TEXT_FIELDS = ("id", "subject", "prompt", "target_new", "target_true", "relation", "source", "requested_by",
                "reason", "requested_at")
 REQUIRED_FIELDS = ("id", "subject", "prompt", "target_new")
-# Probe lists: full prompts (subject filled in); neighbours and portability probes carry their expected answer.
-LIST_FIELDS = ("paraphrase_prompts", "neighborhood_prompts", "portability_prompts")
+# Probe lists: full prompts (subject filled in); neighbours, portability and attribute probes carry their
+# expected answer.
+LIST_FIELDS = ("paraphrase_prompts", "neighborhood_prompts", "portability_prompts", "attribute_prompts")
+# Every field a native request may have; any other is unknown (quarantined, or kept under ``extra``).
+NATIVE_FIELDS = TEXT_FIELDS + LIST_FIELDS
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ class Problem:
 class Row:
     """One parsed record: normalised fields (``None`` where absent), or the problems that stopped parsing.
 
-    ``fields`` holds the TEXT_FIELDS as ``str | None`` and the LIST_FIELDS as tuples (of ``str`` for
-    paraphrases, of ``(prompt, target)`` pairs for neighbours and portability probes). ``problems`` lists
+    ``fields`` holds the TEXT_FIELDS as ``str | None``, the LIST_FIELDS as tuples (of ``str`` for
+    paraphrases, of ``(prompt, target)`` pairs for the others) and ``extra``, a native record's unknown fields
+    when validation keeps them (``{}`` otherwise). ``problems`` lists
     what the parser itself could not accept (not JSON, not an object, a field of the wrong type); such a
     row is quarantined without being validated further.
     """
@@ -84,10 +94,14 @@ class Request:
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood_prompts: tuple[tuple[str, str], ...] = ()  # (prompt, expected answer)
     portability_prompts: tuple[tuple[str, str], ...] = ()  # MQuAKE multi-hop questions with the new answer
+    # the subject's OTHER facts, which the edit must leave alone: (prompt, expected answer)
+    attribute_prompts: tuple[tuple[str, str], ...] = ()
     source: str | None = None
     requested_by: str | None = None
     reason: str | None = None
     requested_at: str | None = None  # ISO 8601
+    # unknown native fields, kept only when validation was asked to: recorded, never interpreted
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
     origin: Origin | None = None
 
     @property
@@ -113,7 +127,7 @@ class Request:
                            neighborhood_prompts=self.neighborhood_prompts)
 
     def to_json(self) -> dict[str, Any]:
-        """The native JSONL record (DESIGN.md), plus ``content_hash`` and ``origin``."""
+        """The native JSONL record (DESIGN.md), plus ``extra`` when it holds any, ``content_hash`` and ``origin``."""
         out: dict[str, Any] = {"id": self.id, "subject": self.subject, "prompt": self.prompt,
                                "target_new": self.target_new}
         for name in ("target_true", "relation"):
@@ -121,11 +135,14 @@ class Request:
                 out[name] = getattr(self, name)
         out["paraphrase_prompts"] = list(self.paraphrase_prompts)
         out["neighborhood_prompts"] = [{"prompt": p, "target": t} for p, t in self.neighborhood_prompts]
-        if self.portability_prompts:
-            out["portability_prompts"] = [{"prompt": p, "target": t} for p, t in self.portability_prompts]
+        for name in ("portability_prompts", "attribute_prompts"):
+            if getattr(self, name):
+                out[name] = [{"prompt": p, "target": t} for p, t in getattr(self, name)]
         for name in ("source", "requested_by", "reason", "requested_at"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.extra:
+            out["extra"] = dict(self.extra)
         out["content_hash"] = self.content_hash
         if self.origin is not None:
             out["origin"] = {"file": self.origin.file, "line": self.origin.line, "format": self.origin.format}
@@ -135,7 +152,7 @@ class Request:
     def from_row(cls, row: Row) -> "Request":
         f = row.fields
         return cls(**{k: f.get(k) for k in TEXT_FIELDS}, **{k: tuple(f.get(k) or ()) for k in LIST_FIELDS},
-                   origin=row.origin)
+                   extra=dict(f.get("extra") or {}), origin=row.origin)
 
 
 @dataclass(frozen=True)

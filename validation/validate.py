@@ -7,7 +7,9 @@
 
 Every row of every readable file ends in exactly one of the three lists. The steps:
 
-1. :func:`validation.formats.parse_file` -- rows, or rows with parse problems (quarantined as they are);
+1. :func:`validation.formats.parse_file` -- rows, or rows with parse problems (quarantined as they are),
+   among them a native record with a field the contract does not know (``keep_unknown_fields=True`` keeps
+   such fields under ``Request.extra`` instead);
 2. rows identical to an earlier row (the same file dropped twice) collapse into it and share its fate;
 3. the GX suite of :mod:`validation.expectations` over one pandas DataFrame of all rows (one GX run,
    ephemeral context); every failed expectation is mapped back to its rows by ``request_id``;
@@ -69,14 +71,15 @@ class ValidationReport:
 
 
 def validate_files(paths: Iterable[str | Path], fmt: str | None = None, policy: str = "reject",
-                   docs_dir: str | Path | None = None) -> ValidationReport:
-    """Validate one or more request files together (ids must be unique across them)."""
+                   docs_dir: str | Path | None = None, *, keep_unknown_fields: bool = False) -> ValidationReport:
+    """Validate one or more request files together (ids must be unique across them); a native record with an
+    unknown field is quarantined unless ``keep_unknown_fields``."""
     t0 = time.perf_counter()
     report = ValidationReport()
     rows: list[Row] = []
     for p in paths:
         try:
-            f, file_rows = parse_file(p, fmt)
+            f, file_rows = parse_file(p, fmt, keep_unknown_fields=keep_unknown_fields)
         except FileFormatError as e:
             report.unreadable.append({"file": str(p), "error": str(e)})
             continue
