@@ -103,26 +103,26 @@ def _progress_bar(console, description: str):
     return bar, on_event
 
 
-def _load_fact_set(facts: Optional[Path], limit: Optional[int]):
-    from sandbox import load_facts, world_facts
+def _load_fact_set(facts: Optional[Path], limit: Optional[int], names: Optional[Path] = None):
+    from sandbox import load_facts, load_names, world_facts
 
-    if facts is None:
-        return world_facts(subjects=limit)
-    return load_facts(facts, limit=limit)
+    fs = world_facts(subjects=limit) if facts is None else load_facts(facts, limit=limit)
+    return fs if names is None else fs.with_names(load_names(names))
 
 
 def build_model(facts: Optional[Path], out: Path, preset_name: str, seed: int, limit: Optional[int], force: bool,
-                cache: bool, quiet: bool):
-    """Load facts and build (or reuse) a sandbox model; shared by ``sandbox build`` and ``demo``."""
+                cache: bool, quiet: bool, names: Optional[Path] = None):
+    """Load facts (and names to say) and build (or reuse) a sandbox model; shared by ``sandbox build`` and ``demo``."""
     from flows import settings
     from sandbox import build_sandbox, preset
 
-    fs = _load_fact_set(facts, limit)
+    fs = _load_fact_set(facts, limit, names)
     cfg = preset(preset_name)
     console = _stderr()
     if not quiet:
         console.print(f"[bold]facts[/] {fs.source}: {len(fs.facts)} facts from {fs.records} records"
-                      + (f", {len(fs.conflicts)} conflicting dropped" if fs.conflicts else ""), highlight=False)
+                      + (f", {len(fs.conflicts)} conflicting dropped" if fs.conflicts else "")
+                      + (f"; {len(fs.names)} names to say" if fs.names else ""), highlight=False)
     bar, on_event = _progress_bar(console, f"training ({preset_name})")
     with bar:
         result = build_sandbox(fs, out, cfg, seed, preset_name=preset_name, force=force,
@@ -141,11 +141,16 @@ def sandbox_build(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N records (subjects for the built-in world)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it holds something else."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Train even if the cache has this build."),
+    names: Optional[Path] = typer.Option(
+        None, "--names", help="Names the model should be able to say without any fact about them (as a real "
+        "model can spell people it knows nothing about): one a line, a JSON(L) list of strings, or a request "
+        "file whose target_new values are taken. Part of the build key; listed in sandbox.json."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a small GPT-2 on a facts file until it knows them; save it with its tokenizer and a manifest."""
     with _errors(as_json):
-        result = build_model(facts, out, preset_name, seed, limit, force, cache=not no_cache, quiet=as_json)
+        result = build_model(facts, out, preset_name, seed, limit, force, cache=not no_cache, quiet=as_json,
+                             names=names)
     m = result.manifest
     summary = {
         "ok": True,
@@ -217,33 +222,48 @@ def _load_model(model_dir: Path):
     return model.eval(), tok
 
 
+PromptOpt = typer.Option(..., "--prompt", help="Prompt; '{}' is replaced by --subject.")
+SubjectOpt = typer.Option(None, "--subject", help="The subject that fills the prompt's '{}'.")
+TopOpt = typer.Option(5, "--top", help="How many of the most likely next tokens to show.")
+
+
 @sandbox_app.command("ask")
 def sandbox_ask(
     model_dir: str = typer.Option(..., "--model", help="Model directory, or a registered version: NAME@alias "
                                   "(demo@champion) or NAME/VERSION."),
-    prompt: str = typer.Option(..., "--prompt", help="Prompt; '{}' is replaced by --subject."),
-    subject: Optional[str] = typer.Option(None, "--subject"),
+    prompt: str = PromptOpt,
+    subject: Optional[str] = SubjectOpt,
+    top: int = TopOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Greedy answer of a model to one prompt."""
-    from sandbox.evaluate import greedy_answers
+    """Greedy answer of a model to one prompt (the same as 'factsmith ask MODEL')."""
+    _ask(model_dir, prompt, subject, top, as_json)
 
-    with _errors(as_json):
-        if subject is not None:
-            if prompt.count("{}") != 1:
-                raise ValueError("--prompt: expected exactly one '{}' when --subject is given")
-            prompt = prompt.replace("{}", subject)
-        if Path(model_dir).is_dir():
-            model, tok = _load_model(Path(model_dir))
-        else:
-            from registry.lineage import load_model
-            from registry.refs import parse_ref
 
-            parse_ref(model_dir)  # a clear error for something that is neither a directory nor a reference
-            model, tok = load_model(model_dir)
-            model.eval()
-        answer = greedy_answers(model, tok, [prompt])[0]
-    emit_json({"prompt": prompt, "answer": answer}) if as_json else print(f"{prompt} -> {answer}")
+def _ask(ref: str, prompt: str, subject: Optional[str], top: int, as_json: bool) -> None:
+    from flows.ask import ask as ask_model
+
+    with _registry_errors(as_json):
+        res = ask_model(ref, prompt, subject, top)
+    if as_json:
+        emit_json(res)
+        return
+    which = res["model"] if res.get("version") is None else f"{res['ref']} (version {res['version']})"
+    print(f"{which}: {res['prompt']} -> {res['answer']}")
+    print("next token: " + ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in res["top"]))
+
+
+@app.command()
+def ask(
+    ref: str = typer.Argument(..., help="Model directory, or a registered version: NAME@alias "
+                              "(demo@champion) or NAME/VERSION (demo/3). An existing directory wins."),
+    prompt: str = PromptOpt,
+    subject: Optional[str] = SubjectOpt,
+    top: int = TopOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """What a model says: its greedy answer to a prompt and the most likely next tokens with their probabilities."""
+    _ask(ref, prompt, subject, top, as_json)
 
 
 def knowledge_table(model_dir: Path) -> dict[str, Any]:
@@ -1028,6 +1048,9 @@ def demo(
         res = run_pipeline(inbox, DEMO_MODEL, method=method, policy="latest-wins", promote=True, bisect=True,
                            gate_policy_file=demo_gate_policy(), requested_by="factsmith demo",
                            hparams_file=demo_hparams(method))
+        from flows.ask import run_answers
+
+        res["answers"] = run_answers(res, store)  # what the base said and what the new champion says
     res.update(seconds=round(time.perf_counter() - t0, 1), sandbox=str(out), sandbox_cached=result.cached,
                tracking_uri=tracking_uri(), inbox=str(inbox))
     ui = f"mlflow ui --backend-store-uri '{tracking_uri()}'"
@@ -1035,16 +1058,36 @@ def demo(
         emit_json({"ok": True, **res, "mlflow_ui": ui})
         return
     _print_run(res)
-    # a fact this run changed and the new champion now answers outright (else one it applied; else the first)
-    rows = [json.loads(x) for f in sorted(example_inbox().glob("*.jsonl")) for x in f.read_text("utf-8").splitlines() if x]
-    applied = {a["id"] for a in res["states"].get("applied", [])}
-    greedy = {g["id"] for g in ((res.get("gate") or {}).get("requests") or []) if g.get("greedy")}
-    ex = next((r for r in rows if r["id"] in applied & greedy), next((r for r in rows if r["id"] in applied), rows[0]))
+    _print_answers(res)
+    # a fact this run changed that the new champion now says (else one it applied; else one of the inbox)
+    ex = next((a for a in res["answers"] if a["says_new"]), next(iter(res["answers"]), None))
+    if ex is None:  # nothing applied by this run: a request of the shipped inbox
+        r = json.loads(next(x for f in sorted(example_inbox().glob("*.jsonl"))
+                            for x in f.read_text("utf-8").split("\n") if x.strip()))
+        ex = {"subject": r["subject"], "prompt": r["prompt"].replace("{}", r["subject"])}
     prompt = ex["prompt"].replace("'", "'\\''")
     _stdout().print(
         f"\nGate policy: {demo_gate_policy()}\nBrowse the registry: {ui}\nThe history of a fact: factsmith audit "
-        f"--subject '{ex['subject']}'\nAsk the new champion: factsmith sandbox ask --model {DEMO_MODEL}@champion "
-        f"--prompt '{prompt}' --subject '{ex['subject']}'\nDone in {res['seconds']} s.", highlight=False)
+        f"--subject '{ex['subject']}'\nAsk the new champion: factsmith ask {DEMO_MODEL}@champion --prompt '{prompt}'"
+        f"\nDone in {res['seconds']} s.", highlight=False)
+
+
+def _print_answers(res: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rows = res.get("answers") or []
+    if not rows:
+        return
+    said = sum(a["says_new"] for a in rows)
+    t = Table(title=f"What the model says (greedy): the new champion says the new fact for {said} of {len(rows)} "
+                    f"applied requests", title_justify="left")
+    for col in ("request", "prompt", "new", f"before (version {res['parent_version']})",
+                f"champion (version {res['version']})", "says new"):
+        t.add_column(col)
+    for a in rows:
+        t.add_row(a["id"], a["prompt"], a["target_new"], a["base"], a["champion"],
+                  "[green]yes[/]" if a["says_new"] else "[red]no[/]")
+    _stdout().print(t)
 
 
 DEMO_MODEL = "demo"

@@ -76,24 +76,16 @@ def newest_version(client, name: str) -> int:
 
 def resolve(ref: str | Ref, store: Store | None = None) -> VersionInfo:
     """The version behind ``NAME@alias`` or ``NAME/3``."""
-    from mlflow.exceptions import MlflowException
-
-    from .store import is_not_found
-
     r = parse_ref(ref) if isinstance(ref, str) else ref
     st = store or open_store()
     c = st.client()
     amap = aliases(c, r.name)
-    if r.alias is not None:
-        try:
-            mv = c.get_model_version_by_alias(r.name, r.alias)
-        except MlflowException as e:
-            if not is_not_found(e):
-                raise
-            raise NotFoundError(f"model {r.name!r} has no alias {r.alias!r}; aliases: "
-                                f"{', '.join(f'{a} -> {v}' for a, v in sorted(amap.items())) or 'none'}") from None
-    else:
-        mv = get_version(c, r.name, r.version)
+    if r.alias is not None and r.alias not in amap:
+        # from the model's aliases: MLflow's sqlite store reports a missing alias as an invalid parameter, not
+        # as a missing resource
+        raise NotFoundError(f"model {r.name!r} has no alias {r.alias!r}; aliases: "
+                            f"{', '.join(f'{a} -> {v}' for a, v in sorted(amap.items())) or 'none'}")
+    mv = get_version(c, r.name, amap[r.alias] if r.alias is not None else r.version)
     return info_of(mv, amap)
 
 

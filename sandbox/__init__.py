@@ -1,18 +1,18 @@
 """The sandbox fact model: a small GPT-2 that factsmith trains itself on facts it knows completely.
 
-Imports only torch, transformers and tokenizers (lazily). Entry points: :func:`load_facts`,
+Imports only torch, transformers and tokenizers (lazily). Entry points: :func:`load_facts`, :func:`load_names`,
 :func:`world_facts`, :func:`build_sandbox`, :func:`greedy_correct`.
 """
 
 from .config import PRESETS, SandboxConfig, preset
 from .errors import BuildError, FactFileError, SandboxError
-from .facts import Fact, FactSet, Probe, load_facts, split_probes, write_facts
+from .facts import Fact, FactSet, Probe, load_facts, load_names, split_probes, write_facts
 from .world import BUILTIN_WORLD, example_inbox, synthetic_facts, world_facts
 
 __all__ = [
     "PRESETS", "SandboxConfig", "preset", "BuildError", "FactFileError", "SandboxError", "Fact", "FactSet",
-    "Probe", "load_facts", "split_probes", "write_facts", "BUILTIN_WORLD", "example_inbox", "synthetic_facts",
-    "world_facts",
+    "Probe", "load_facts", "load_names", "split_probes", "write_facts", "BUILTIN_WORLD", "example_inbox",
+    "synthetic_facts", "world_facts",
     "build_sandbox", "greedy_correct", "read_manifest",
 ]
 

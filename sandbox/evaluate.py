@@ -71,22 +71,26 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 1
                 nxt = model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
                 ids = torch.cat([ids, nxt], dim=1)
             for r, i in enumerate(idx):
-                out[i] = _sentence_end(tokenizer.decode(ids[r, n:].tolist(), skip_special_tokens=False), tokenizer)
+                out[i] = sentence_end(tokenizer.decode(ids[r, n:].tolist(), skip_special_tokens=False), tokenizer)
     finally:
         model.train(was_training)
     return out
 
 
-def _sentence_end(text: str, tokenizer) -> str:
+def before_eos(text: str, tokenizer) -> str:
+    """A decoded continuation up to the tokenizer's end-of-text token (all of it when there is none)."""
+    eos = tokenizer.eos_token or ""
+    return text[: text.index(eos)] if eos and eos in text else text
+
+
+def sentence_end(text: str, tokenizer) -> str:
     """Cut a continuation at the end of its first sentence and drop that sentence's full stop.
 
     A full stop stays where the last word has another one inside ("Washington, D.C."): training sentences
     add none after such a target. A heuristic for display: an initial ("Michael D. Higgins") reads as a
     sentence end. Scoring never uses it (see :func:`greedy_correct`).
     """
-    eos = tokenizer.eos_token or ""
-    if eos and eos in text:
-        text = text[: text.index(eos)]
+    text = before_eos(text, tokenizer)
     for stop in (". ", "? ", "! "):
         if stop in text:
             text = text[: text.index(stop) + 1]

@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import FactFileError
 
@@ -75,8 +75,8 @@ class Fact:
 # Reading files
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line-or-record number, decoded value) from a JSONL file or a JSON array file."""
+def _read_text(path: Path) -> str:
+    """The file's text; a missing, unreadable, non-UTF-8 or empty file is a :class:`FactFileError`."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -89,6 +89,12 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
         raise FactFileError(str(path), f"cannot read: {e.strerror}") from None
     if not text.strip():
         raise FactFileError(str(path), "file is empty")
+    return text
+
+
+def _records(path: Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line-or-record number, decoded value) from a JSONL file or a JSON array file."""
+    text = _read_text(path) if text is None else text
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -272,6 +278,12 @@ class FactSet:
 
         return hashlib.sha256(json.dumps([d, list(self.names), NAMES_FORMAT], ensure_ascii=False).encode("utf-8")).hexdigest()
 
+    def with_names(self, names: Iterable[str]) -> "FactSet":
+        """A copy that can also say ``names``: after the names it has, in order, each once, less those that are
+        already a fact's answer (the model says those anyway)."""
+        known = {f.target for f in self.facts}
+        return replace(self, names=tuple(dict.fromkeys([*self.names, *(n for n in names if n not in known)])))
+
 
 def facts_digest(facts: list[Fact]) -> str:
     payload = json.dumps([f.to_json() for f in facts], sort_keys=True, ensure_ascii=False)
@@ -298,6 +310,32 @@ def load_facts(path: str | Path, limit: int | None = None) -> FactSet:
     if not facts:
         raise FactFileError(str(path), "holds no facts (no record with a true target)")
     return dedupe(facts, source=str(path), records=records)
+
+
+def load_names(path: str | Path) -> tuple[str, ...]:
+    """Names a sandbox model should be able to say (see :attr:`FactSet.names`), in file order, each once.
+
+    The file is one name a line (plain text), or JSON: a JSON array or JSONL of strings, or of request objects
+    whose ``target_new`` is taken (a native request file, CounterFact's flat format; ``{"str": ...}`` too),
+    so that a world can learn the names its requests will ask for. Raises :class:`FactFileError` naming the
+    file, line and field of a bad entry, or the file when it holds no name.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if text.lstrip()[:1] in ("[", "{", '"'):
+        entries = _records(path, text)
+    else:
+        entries = ((i, line) for i, line in enumerate(text.split("\n"), start=1) if line.strip())
+    names = []
+    for line, v in entries:
+        if isinstance(v, dict):
+            new = v.get("target_new")
+            names.append(_Row(path, line, v).text("target_new", new.get("str") if isinstance(new, dict) else new))
+        else:
+            names.append(_Row(path, line, {"name": v}).text("name"))
+    if not names:
+        raise FactFileError(str(path), "holds no names")
+    return tuple(dict.fromkeys(names))  # type: ignore[arg-type]
 
 
 def dedupe(facts: list[Fact], source: str = "", records: int = 0) -> FactSet:

@@ -393,6 +393,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
             "sha256": facts.digest(),
             "source": facts.source,
             "names": len(facts.names),
+            "name_list": list(facts.names),  # names trained to be said with no fact about them (FactSet.names)
             "records": facts.records,
             "facts": len(facts_list),
             "subjects": len({f.subject for f in facts_list if f.subject is not None}),

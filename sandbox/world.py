@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from .facts import Fact, FactSet, dedupe
+from .facts import Fact, FactSet, dedupe, load_names
 
 BUILTIN_WORLD = "countries"
 
@@ -41,15 +40,7 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_na
             facts.append(Fact(subject, relation, target, tuple(templates), f"{name}.json:{subject}"))
     fs = dedupe(facts, source=f"builtin:{name}" + (f"[:{subjects}]" if subjects else ""), records=min(len(spec["subjects"]), subjects or len(spec["subjects"])))
     if inbox_names if inbox_names is not None else subjects is None:
-        known = {f.target for f in fs.facts}
-        new = []
-        for path in sorted(example_inbox().glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    t = json.loads(line).get("target_new")
-                    if isinstance(t, str) and t not in known:
-                        new.append(t)
-        fs = replace(fs, names=tuple(dict.fromkeys(new)))
+        fs = fs.with_names(n for path in sorted(example_inbox().glob("*.jsonl")) for n in load_names(path))
     return fs
 
 

@@ -65,6 +65,21 @@ def test_missing_facts_file_exits_2(tmp_path):
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("content, why", [(None, "file not found"), ("\n \n", "file is empty"),
+                                          ("[]", "holds no names")])
+def test_bad_names_file_exits_2_naming_the_file(tmp_path, content, why):
+    names = tmp_path / "names.txt"
+    if content is not None:
+        names.write_text(content)
+    out = tmp_path / "m"
+    proc = run("sandbox", "build", "--limit", "1", "--names", str(names), "--out", str(out), "--json")
+    assert proc.returncode == 2
+    err = one_json(proc)
+    assert err["ok"] is False and err["error"].startswith(str(names)) and why in err["error"]
+    assert not out.exists()
+
+
+@pytest.mark.unit
 def test_world_export(tmp_path):
     res = one_json(run("sandbox", "world", "--out", str(tmp_path / "w.jsonl"), "--json", check=True))
     assert res["facts"] == 245 and len((tmp_path / "w.jsonl").read_text().splitlines()) == 245
@@ -81,4 +96,4 @@ def test_build_show_and_ask_reuse_the_session_build(tiny_build, tmp_path):
     assert show["total"] == len([f for f in show["facts"]]) and show["correct"] / show["total"] >= 0.98
     ask = one_json(run("sandbox", "ask", "--model", str(out), "--prompt", "The capital of {} is", "--subject", "Germany",
                        "--json", check=True))
-    assert ask == {"prompt": "The capital of Germany is", "answer": "Berlin"}
+    assert ask["prompt"] == "The capital of Germany is" and ask["answer"] == "Berlin"

@@ -117,12 +117,12 @@ def test_training_sentence_tokenizes_like_the_greedy_check(tok):
 
 
 def test_sentence_end_of_a_continuation(tok):
-    from sandbox.evaluate import _sentence_end
+    from sandbox.evaluate import sentence_end
 
-    assert _sentence_end(" Paris. The capital of Spain is Madrid.", tok) == "Paris"
-    assert _sentence_end(" Washington, D.C. The capital", tok) == "Washington, D.C."
-    assert _sentence_end(" Charles III<|endoftext|>The", tok) == "Charles III"
-    assert _sentence_end(" euro", tok) == "euro"
+    assert sentence_end(" Paris. The capital of Spain is Madrid.", tok) == "Paris"
+    assert sentence_end(" Washington, D.C. The capital", tok) == "Washington, D.C."
+    assert sentence_end(" Charles III<|endoftext|>The", tok) == "Charles III"
+    assert sentence_end(" euro", tok) == "euro"
 
 
 def test_name_lines_list_every_name_once_and_say_it_once_as_an_answer():
