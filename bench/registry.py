@@ -62,7 +62,7 @@ def main() -> None:
     from sandbox import build_sandbox, example_inbox, preset, world_facts
     from sandbox.trainer import model_corpus
     from validation.gate import run_gate
-    from validation.probes import fluency_text, model_facts
+    from validation.probes import fluency_text, for_editor, model_facts
     from validation.report import write_reports
     from validation.validate import validate_files
 
@@ -109,7 +109,7 @@ def main() -> None:
         for i, share in enumerate(shares, start=1):
             parent = copy.deepcopy(model)
             t = time.perf_counter()
-            result = compute_edit(model, tok, [r.to_edit_request() for r in share], hp, edit_store,
+            result = compute_edit(model, tok, for_editor(share, pool), hp, edit_store,
                                   corpus_files=corpus)
             apply(model, result.delta)
             edit_s = time.perf_counter() - t

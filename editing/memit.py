@@ -66,6 +66,10 @@ class MemitTimes:
     solve: float = 0.0
     target_steps: list[int] = field(default_factory=list)
     target_nll: list[float] = field(default_factory=list)
+    # per request, the share of its target residual z − h the update realises: ((z_edited − h) · (z − h)) / ‖z − h‖²
+    # at the last edited layer's output, the subject's last token of the bare prompt (1.0: all of it)
+    realized: list[float] = field(default_factory=list)
+    realize_rounds: int = 0  # extra solves that raised the targets of requests realised below min_realized
 
 
 def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
@@ -91,25 +95,40 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitH
     if progress:
         progress("targets")
 
-    layers: dict[str, D.LayerDelta] = {}
-    applied: list[D.Applied] = []
-    try:
-        for i, layer in enumerate(hp.layers):
-            name = spec.mlp_out_at(layer)
-            t1 = time.perf_counter()
-            K = keys(model, tokenizer, name, requests, templates).T.cpu()  # (d_k, n)
-            z_now = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d)
-            t2 = time.perf_counter()
-            resid = (z - z_now).T / (len(hp.layers) - i)  # (d, n) this layer's share
-            ld = layer_update(resid, K, covs[layer], hp.mom2_update_weight, hp.ridge)
-            t3 = time.perf_counter()
-            layers[name] = ld
-            applied.append(D.apply(model, D.Delta({name: ld})))  # later layers see this update
-            times.keys += t2 - t1
-            times.solve += t3 - t2
-            if progress:
-                progress(f"layer {layer}")
-    finally:
-        for a in reversed(applied):
-            a.revert()
+    init = init.cpu()
+    want = z - init  # (n, d) the residual each request's target asks for
+    z_t = z.clone()  # the targets the layers are solved for: z, raised where a round fell short
+    for round_ in range(hp.realize_rounds + 1):
+        layers: dict[str, D.LayerDelta] = {}
+        applied: list[D.Applied] = []
+        try:
+            for i, layer in enumerate(hp.layers):
+                name = spec.mlp_out_at(layer)
+                t1 = time.perf_counter()
+                K = keys(model, tokenizer, name, requests, templates).T.cpu()  # (d_k, n)
+                z_now = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d)
+                t2 = time.perf_counter()
+                resid = (z_t - z_now).T / (len(hp.layers) - i)  # (d, n) this layer's share
+                ld = layer_update(resid, K, covs[layer], hp.mom2_update_weight, hp.ridge)
+                t3 = time.perf_counter()
+                layers[name] = ld
+                applied.append(D.apply(model, D.Delta({name: ld})))  # later layers see this update
+                times.keys += t2 - t1
+                times.solve += t3 - t2
+                if progress:
+                    progress(f"layer {layer}")
+            z_end = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d) with every update
+        finally:
+            for a in reversed(applied):
+                a.revert()
+        realized = ((z_end - init) * want).sum(-1) / want.pow(2).sum(-1).clamp_min(1e-12)  # (n,)
+        times.realized = realized.tolist()
+        short = realized < hp.min_realized
+        if round_ == hp.realize_rounds or not bool(short.any()):
+            break
+        # λC keeps the update small on ordinary keys, and a batch shares one matrix: a request gets a fraction
+        # of its residual. Ask the solve for proportionally more (at most 2x per round) where it fell short.
+        gain = torch.where(short, 1.0 / realized.clamp(min=0.5), torch.ones_like(realized))  # (n,)
+        z_t = init + (z_t - init) * gain[:, None]
+        times.realize_rounds = round_ + 1
     return D.Delta(layers), times

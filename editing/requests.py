@@ -26,6 +26,12 @@ class EditRequest:
     id: str = ""
     paraphrase_prompts: tuple[str, ...] = ()  # full strings (subject filled in)
     neighborhood_prompts: tuple[tuple[str, str], ...] = ()  # (full prompt, expected target)
+    # Templates ("{}" = the subject) of the subject's *other* facts: the target optimisation keeps the model's
+    # next-token distribution on them (an edit of Germany's leader must leave Germany's capital alone).
+    keep_prompts: tuple[str, ...] = ()
+    # More templates of the same fact ("{}" = the subject) the target is optimised on, without context prefixes:
+    # a phrasing with the subject first, where the key and hidden state differ from the prompt's.
+    rewrite_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"request {self.id!r}: " if self.id else ""
@@ -35,6 +41,10 @@ class EditRequest:
             raise RequestError(f"{where}'prompt' must contain exactly one '{{}}', found {self.prompt.count('{}')}")
         if not self.target_new.strip():
             raise RequestError(f"{where}'target_new' is empty")
+        for name in ("keep_prompts", "rewrite_prompts"):
+            for t in getattr(self, name):
+                if t.count("{}") != 1:
+                    raise RequestError(f"{where}'{name}': each needs exactly one '{{}}', found {t!r}")
 
     @property
     def text(self) -> str:
@@ -49,6 +59,8 @@ class EditRequest:
             "id": self.id, "subject": self.subject, "prompt": self.prompt, "target_new": self.target_new,
             "target_true": self.target_true, "paraphrase_prompts": list(self.paraphrase_prompts),
             "neighborhood_prompts": [{"prompt": p, "target": t} for p, t in self.neighborhood_prompts],
+            **({"keep_prompts": list(self.keep_prompts)} if self.keep_prompts else {}),
+            **({"rewrite_prompts": list(self.rewrite_prompts)} if self.rewrite_prompts else {}),
         }
 
 

@@ -49,7 +49,7 @@ class Row:
     subj: int  # index of the subject's last token (where δ is added)
     start: int  # first target token (== len(ids) for an essence prompt)
     req: int  # which request the row belongs to
-    kind: str  # "rewrite" or "essence"
+    kind: str  # "rewrite" (a prompt with its new target), "essence" or "keep" (a prompt whose distribution stays)
 
 
 def _batches(rows: list[Row], size: int) -> list[list[Row]]:
@@ -94,12 +94,14 @@ class _Chunk:
     #                     its target tokens; an essence row's last prompt position in column 0 (0 pads both)
     tgt: torch.Tensor  # (B, L) target ids of rewrite rows (0 elsewhere)
     msk: torch.Tensor  # (B, L) 1 where a target token is
-    is_rw: torch.Tensor  # (B,) rewrite row (else essence)
-    eb: torch.Tensor  # (E,) essence rows
+    is_rw: torch.Tensor  # (B,) rewrite row (else essence or keep)
+    eb: torch.Tensor  # (E,) essence and keep rows
     eref: torch.Tensor  # (E, V) their log p before the edit
+    ew: torch.Tensor  # (E,) the weight of each one's KL in its request's loss
+    ekeep: torch.Tensor  # (E,) a keep row (its answer is part of the argmax stop), else an essence row
 
 
-def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor]) -> _Chunk:
+def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], kl_w: dict[int, float]) -> _Chunk:
     ids, att = _pad(rows, pad, device)
     L = max([len(r.ids) - r.start for r in rows if r.kind == "rewrite"] or [1])
     tgt = torch.zeros(len(rows), L, dtype=torch.long)
@@ -113,7 +115,7 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor]) -
             msk[b, :t] = 1.0
         else:
             pos[b, 0] = r.start - 1
-    erows = [b for b, r in enumerate(rows) if r.kind == "essence"]
+    erows = [b for b, r in enumerate(rows) if r.kind != "rewrite"]
     return _Chunk(
         rows, ids, att,
         rix=torch.tensor([r.req for r in rows], device=device),
@@ -123,6 +125,8 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor]) -
         is_rw=torch.tensor([r.kind == "rewrite" for r in rows], device=device),
         eb=torch.tensor(erows, dtype=torch.long, device=device),
         eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
+        ew=torch.tensor([kl_w[id(rows[b])] for b in erows], device=device),
+        ekeep=torch.tensor([rows[b].kind == "keep" for b in erows], dtype=torch.bool, device=device),
     )
 
 
@@ -139,9 +143,13 @@ def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: tor
 def keys(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest], templates: list[str],
          batch_size: int = 256) -> torch.Tensor:
     """(n, d_k) float32: the input of ``module_name`` at each request's subject's last token, averaged over
-    ``templates`` (each wrapped around the request's prompt)."""
+    ``templates`` (each wrapped around the request's prompt) and the request's ``rewrite_prompts``."""
     rows = [Row(*encode_edit(tokenizer, _with_prefix(t, r.prompt), r.subject), req=j, kind="key")
             for j, r in enumerate(requests) for t in templates]
+    # a request's other phrasings (the subject at the start of the text) join the average, as they join its target
+    rows += [Row(*encode_edit(tokenizer, t, r.subject), req=j, kind="key")
+             for j, r in enumerate(requests) for t in r.rewrite_prompts if t != r.prompt]
+    count = torch.tensor([sum(1 for r in rows if r.req == j) for j in range(len(requests))], dtype=torch.float64)
     device = next(model.parameters()).device
     d_k = None
     acc: torch.Tensor | None = None
@@ -156,7 +164,7 @@ def keys(model: nn.Module, tokenizer, module_name: str, requests: list[EditReque
         for b, r in enumerate(chunk):
             acc[r.req] += x[b, r.subj].double().cpu()
     assert acc is not None
-    return (acc / len(templates)).float()
+    return (acc / count[:, None]).float()
 
 
 @torch.no_grad()
@@ -195,13 +203,21 @@ def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: Targ
     changing: dict[str, set[str]] = {}
     for r in requests:
         changing.setdefault(r.subject, set()).add(r.prompt)
+    kept: set[tuple[str, str]] = set()
     for j, r in enumerate(requests):
         for t in templates:
             rows.append(Row(*encode_edit(tokenizer, _with_prefix(t, r.prompt), r.subject, r.target_new), req=j,
                             kind="rewrite"))
+        for t in r.rewrite_prompts:
+            if t != r.prompt:
+                rows.append(Row(*encode_edit(tokenizer, t, r.subject, r.target_new), req=j, kind="rewrite"))
         for e in hp.essence_prompts:
             if e not in changing[r.subject]:  # a prompt this batch rewrites for the subject: not one to keep
                 rows.append(Row(*encode_edit(tokenizer, e, r.subject), req=j, kind="essence"))
+        for k in r.keep_prompts:  # once per subject: requests about one subject share their δ
+            if k not in changing[r.subject] and (r.subject, k) not in kept:
+                kept.add((r.subject, k))
+                rows.append(Row(*encode_edit(tokenizer, k, r.subject), req=j, kind="keep"))
     return rows
 
 
@@ -220,9 +236,15 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
     batches = _batches(rows, hp.batch_prompts)
-    n_rewrite = len(templates)
-    n_essence = torch.tensor([sum(1 for r in rows if r.req == j and r.kind == "essence") for j in range(n)],
-                             dtype=torch.float32, device=device).clamp_min(1.0)  # (n,) essence prompts per request
+    n_rewrite = torch.tensor([sum(1 for r in rows if r.req == j and r.kind == "rewrite") for j in range(n)],
+                             dtype=torch.float32, device=device)  # (n,) rewrite rows per request
+    # KL weight of each essence and keep row: each kind's mean over the request's rows, times its factor
+    per = {(j, k): 0 for j in range(n) for k in ("essence", "keep")}
+    for r in rows:
+        if r.kind != "rewrite":
+            per[(r.req, r.kind)] += 1
+    factor = {"essence": hp.kl_factor, "keep": hp.keep_factor}
+    kl_w = {id(r): factor[r.kind] / per[(r.req, r.kind)] for r in rows if r.kind != "rewrite"}
     base_rows = {j: next(i for i, r in enumerate(rows) if r.req == j and r.kind == "rewrite") for j in range(n)}
     subjects = list(dict.fromkeys(r.subject for r in requests))
     group = torch.tensor([subjects.index(r.subject) for r in requests], device=device)  # (n,) request -> δ row
@@ -242,7 +264,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
             for b, r in enumerate(chunk):
                 if r is rows[base_rows[r.req]]:
                     init[r.req] = h[b, r.subj].float()
-                if r.kind == "essence":
+                if r.kind != "rewrite":
                     kl_ref[id(r)] = F.log_softmax(logits[b, r.start - 1].float(), -1)
     assert init is not None
     # Per δ row: the mean ‖h‖ of its requests (one subject's prompts differ only in words around the subject).
@@ -251,7 +273,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
     def plan(live: list[Row]) -> list[_Chunk]:
-        return [_chunk(c, pad, device, kl_ref) for c in _batches(live, hp.batch_prompts)]
+        return [_chunk(c, pad, device, kl_ref, kl_w) for c in _batches(live, hp.batch_prompts)]
 
     chunks = plan(rows)
     delta = torch.zeros(G, init.shape[-1], device=device, requires_grad=True)  # (G, d) one row per subject
@@ -269,7 +291,8 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
         for it in range(hp.v_steps):
             opt.zero_grad()
             nll_sum = torch.zeros(n, device=device)
-            kl_sum = torch.zeros(n, device=device)
+            kl_sum = torch.zeros(n, device=device)  # weighted: kl_factor and keep_factor applied
+            miss = torch.zeros(n, device=device)  # rows whose greedy answer is not yet what the stop asks
             for c in chunks:
                 def add_delta(_name, hidden, c=c):
                     return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
@@ -281,28 +304,41 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)
                 nll_rows = -picked.sum(1) / c.msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
                 kl_rows = torch.zeros(len(c.rows), device=device)
+                with torch.no_grad():  # (B,) a rewrite row's greedy tokens are its target's
+                    ok = ((logp.argmax(-1) == c.tgt) | (c.msk == 0)).all(1) | ~c.is_rw
                 if len(c.eb):
                     cur = logp[c.eb, 0]  # (E, V)
                     kl = (c.eref.exp() * (c.eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
-                    kl_rows = kl_rows.index_put((c.eb,), kl)
+                    # a keep row costs only what it drifts past keep_margin nats: small moves of the subject's
+                    # other answers are free, so the δ is not held to the trained contexts alone
+                    kl = torch.where(c.ekeep, (kl - hp.keep_margin).clamp_min(0.0), kl)
+                    kl_rows = kl_rows.index_put((c.eb,), kl * c.ew)
+                    with torch.no_grad():  # a keep row answers with the base model's first token
+                        same = (cur.argmax(-1) == c.eref.argmax(-1)) | ~c.ekeep
+                        ok = ok.index_put((c.eb,), same)
                 nll_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, nll_rows, 0.0))
                 kl_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, 0.0, kl_rows))
-                part = nll_c / n_rewrite + hp.kl_factor * kl_c / n_essence
+                part = nll_c / n_rewrite + kl_c
                 part = torch.where(done[group], torch.zeros_like(part), part)  # frozen requests: no gradient
                 part.sum().backward()
                 nll_sum += nll_c.detach() / n_rewrite
-                kl_sum += kl_c.detach() / n_essence
+                kl_sum += kl_c.detach()
+                miss.index_add_(0, c.rix, (~ok).float())
             wd = hp.v_weight_decay * delta.norm(dim=-1) / init_norm.clamp_min(1e-12) ** 2  # (G,)
-            loss = nll_sum + hp.kl_factor * kl_sum + wd.detach()[group]  # (n,)
+            loss = nll_sum + kl_sum + wd.detach()[group]  # (n,)
             live = (~done[group]).tolist()
             nll_l, loss_l = nll_sum.tolist(), loss.tolist()
             for j in range(n):
                 if live[j]:
                     steps[j] = it + 1
                     nll_out[j], loss_out[j] = nll_l[j], loss_l[j]
-            # a subject's δ stops when the mean loss of its requests does
-            loss_g = torch.zeros(G, device=device).index_add(0, group, loss) / size
-            newly = (~done) & (loss_g < hp.early_stop_loss)
+            # a subject's δ stops when greedy decoding says all its targets and keeps its other answers ("argmax"),
+            # or when the mean loss of its requests is low enough ("loss")
+            if hp.stop == "argmax":
+                reached = torch.zeros(G, device=device).index_add(0, group, miss) == 0
+            else:
+                reached = torch.zeros(G, device=device).index_add(0, group, loss) / size < hp.early_stop_loss
+            newly = (~done) & reached
             done |= newly
             if bool(done.all()) or it == hp.v_steps - 1:
                 break

@@ -278,7 +278,9 @@ def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attemp
     from editing.store import Store as EditStore
     from validation.gate import run_gate
 
-    edit_requests = [r.to_edit_request() for r in requests]
+    from validation.probes import for_editor
+
+    edit_requests = for_editor(requests, ws.pool, seed=ws.gate_policy.seed)
     check_distinct(edit_requests)
     t0 = time.perf_counter()
     result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, EditStore(cache_dir),

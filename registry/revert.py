@@ -58,7 +58,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     from editing.hparams import from_dict
     from editing.store import Store as EditStore
     from validation.gate import run_gate
-    from validation.probes import fluency_text, load_protected, model_facts
+    from validation.probes import fluency_text, for_editor, load_protected, model_facts
     from validation.report import write_reports
     from validation.requests import Request
 
@@ -114,7 +114,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
                         neighborhood_prompts=tuple((n["prompt"], n["target"])
                                                    for n in r.get("neighborhood_prompts") or ()))
                 for r in left]
-        result = compute_edit(model, tok, [r.to_edit_request() for r in reqs], from_dict(method, hp_dict),
+        result = compute_edit(model, tok, for_editor(reqs, model_facts(base_dir)), from_dict(method, hp_dict),
                               edit_store, corpus_files=list(corpus_files) if corpus_files else None)
         apply(model, result.delta)
         deltas.append((result.delta, method, hp_dict, left))

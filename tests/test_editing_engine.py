@@ -4,6 +4,8 @@ optimisation equals one-at-a-time, statistics are cached by what determines them
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -168,6 +170,100 @@ def test_early_stop_freezes_a_converged_request(tok):
     hp = H.TargetHparams(v_steps=30, early_stop_loss=1e9, context_templates=())  # everything converges at once
     tg = optimize_targets(model, tok, "transformer.h.1", REQS, ["{}"], hp)
     assert tg.steps == [1, 1, 1] and float(tg.delta.abs().max()) == 0.0
+
+
+def _says_with_delta(model, tok, name, req: EditRequest, template: str, delta: torch.Tensor) -> bool:
+    """Greedy decoding of ``template`` (a context around the request's prompt) with δ added at the subject's last
+    token gives the target's tokens: what the argmax stop promises."""
+    return _with_delta(model, tok, name, req, template, delta)[0]
+
+
+def _with_delta(model, tok, name, req: EditRequest, template: str, delta: torch.Tensor) -> tuple[bool, float]:
+    """(greedy says the target, log p(target)) with δ added at the subject's last token."""
+    from editing.hooks import Trace
+    from editing.targets import _with_prefix
+    from editing.tokens import encode_edit
+
+    ids, subj, start = encode_edit(tok, _with_prefix(template, req.prompt), req.subject, req.target_new)
+
+    def add(_n, h):
+        return h.index_put((torch.tensor([0]), torch.tensor([subj])), delta.to(h.dtype)[None], accumulate=True)
+
+    with torch.no_grad(), Trace(model, [name], edit_output=add, retain_output=False):
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)  # (T, V)
+    pred = logp.argmax(-1)
+    return (all(int(pred[j - 1]) == ids[j] for j in range(start, len(ids))),
+            float(sum(logp[j - 1, ids[j]] for j in range(start, len(ids)))))
+
+
+def test_argmax_stop_ends_when_every_row_says_the_target(tok):
+    # one-token targets: in a random model δ at the subject (the last prompt token) reaches the first answer
+    # token only, so a longer target can never be all argmax
+    reqs = [EditRequest("France", "The capital of {}", "Japan", id="a"),
+            EditRequest("Poland", "The head of state of {}", "is", id="b")]
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    templates = ["{}", "Berlin is in Germany. {}"]
+    hp = H.TargetHparams(v_steps=100, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                         stop="argmax", kl_factor=0.0)
+    tg = optimize_targets(model, tok, "transformer.h.1", reqs, templates, hp)
+    assert all(1 < s < hp.v_steps for s in tg.steps), tg.steps
+    for j, r in enumerate(reqs):
+        assert all(_says_with_delta(model, tok, "transformer.h.1", r, t, tg.delta[j]) for t in templates)
+        if tg.steps[j] > 1:  # one step less had not got there: the stop is the first step that does
+            early = optimize_targets(model, tok, "transformer.h.1", [r], templates,
+                                     dataclasses.replace(hp, v_steps=tg.steps[j] - 1))
+            assert not all(_says_with_delta(model, tok, "transformer.h.1", r, t, early.delta[0]) for t in templates)
+
+
+def test_keep_prompts_hold_the_subjects_other_answers(tok):
+    """A keep prompt's next-token distribution moves less when the target optimisation keeps it; a rewrite prompt
+    joins the optimisation as a row of its own (its target's NLL falls with it)."""
+    from editing.targets import _logits_at  # noqa: F401 (the module under test)
+    from editing.hooks import Trace
+    from editing.tokens import encode_edit
+
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    name = "transformer.h.1"
+    keep = "The head of state of {}"
+    plain = EditRequest("France", "The capital of {}", "Japan", id="k")
+    kept = EditRequest("France", "The capital of {}", "Japan", id="k", keep_prompts=(keep,))
+    base = H.TargetHparams(v_steps=25, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                           kl_factor=0.0, keep_factor=4.0)
+
+    def drift(delta: torch.Tensor) -> float:
+        ids, subj, _ = encode_edit(tok, keep, "France")
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            before = torch.log_softmax(model(input_ids=x).logits[0, -1], -1)
+            add = lambda _n, h: h.index_put((torch.tensor([0]), torch.tensor([subj])), delta[None], accumulate=True)
+            with Trace(model, [name], edit_output=add, retain_output=False):
+                after = torch.log_softmax(model(input_ids=x).logits[0, -1], -1)
+        return float((before.exp() * (before - after)).sum())
+
+    free = optimize_targets(model, tok, name, [plain], ["{}"], base)
+    held = optimize_targets(model, tok, name, [kept], ["{}"], base)
+    assert drift(held.delta[0]) < 0.5 * drift(free.delta[0])
+    # a rewrite prompt is trained too
+    other = "Name the city that is the capital of {}"  # the subject last again: a random model reads it there
+    extra = optimize_targets(model, tok, name, [EditRequest("France", "The capital of {}", "Japan",
+                                                            rewrite_prompts=(other,))], ["{}"], base)
+    probe = EditRequest("France", other, "Japan")
+    assert _with_delta(model, tok, name, probe, "{}", extra.delta[0])[1] > \
+        _with_delta(model, tok, name, probe, "{}", free.delta[0])[1]
+    with pytest.raises(RequestError, match="keep_prompts"):
+        EditRequest("France", "The capital of {}", "Warsaw", keep_prompts=("no placeholder",))
+
+
+def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_path):
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = _small_hp("memit", layers=(1,))
+    hp = H.from_dict("memit", {**H.to_dict(hp), "mom2_update_weight": 2000.0})  # a λ that realises little
+    once = compute_edit(model, tok, REQS, hp, Store(tmp_path / "c")).details
+    assert len(once["realized"]) == 3 and max(once["realized"]) < 0.9 and once["realize_rounds"] == 0
+    hp3 = H.from_dict("memit", {**H.to_dict(hp), "realize_rounds": 3, "min_realized": 0.95})
+    again = compute_edit(model, tok, REQS, hp3, Store(tmp_path / "c")).details
+    assert again["realize_rounds"] >= 1
+    assert all(b > a for a, b in zip(once["realized"], again["realized"]))
 
 
 def test_target_norm_is_clamped(tok):

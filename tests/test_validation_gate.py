@@ -128,6 +128,78 @@ def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
     assert [f.id for f in neighbour_candidates(r3, pool, {"Chile", "Bolivia"}, 5)] == ["1"]
 
 
+@pytest.mark.unit
+def test_says_compares_whitespace_normalised_whole_words():
+    from validation.answers import says
+
+    assert says(" Friedrich  Merz. The", "Friedrich Merz")
+    assert says("\nParis, France", " Paris ")
+    assert not says(" Parisian food", "Paris")  # a longer word is another answer
+    assert not says(" the capital is Paris", "Paris")  # it must begin with the target
+    assert not says(" Paris", "") and not says("", "Paris")
+    assert says(" Gabriel Attal", "Gabriel Attal")
+
+
+@pytest.mark.unit
+def test_answer_text_stops_at_the_end_of_text_token():
+    from validation.gate import answer_text
+
+    tok = tiny_tokenizer(300)
+    ids = tok(" Merz")["input_ids"]
+    eos = tok.eos_token_id
+    assert eos is not None
+    assert answer_text(tok, ids + [eos] + tok(" The")["input_ids"]) == tok.decode(ids)
+
+
+@pytest.mark.unit
+def test_subject_probes_keep_templates_and_the_trained_phrasing_stay_apart():
+    from validation.probes import (Fact, catalogue, keep_templates, paraphrases, probe_bank, rewrite_templates,
+                                   subject_probes)
+
+    pool = [Fact("1", "Peru", "capital", "The capital of Peru is", "Lima"),
+            Fact("2", "Peru", "currency", "The currency of Peru is the", "sol"),
+            Fact("3", "Peru", "head_of_state", "The head of state of Peru is", "Dina Boluarte"),
+            Fact("4", "Chile", "capital", "The capital of Chile is", "Santiago")]
+    r = Request(id="a", subject="Peru", prompt="The head of state of {} is", target_new="José Jerí",
+                relation="head_of_state")
+    # the subject's other facts: never the relation being rewritten, never another subject
+    probes = subject_probes([r], pool, 8)["Peru"]
+    assert sorted(p for p, _, _ in probes) == ["The capital of Peru is", "The currency of Peru is the"]
+    # what the editor keeps: other phrasings of those relations, one with the subject first and one after words
+    keep = keep_templates([r], pool)["Peru"]
+    assert "{}'s capital city is" in keep and "The capital city of {} is" in keep
+    assert not any("head of state" in t for t in keep) and "The capital of {} is" not in keep
+    # the editor trains one subject-first phrasing; the gate's paraphrases never include it
+    (trained,) = rewrite_templates(r)
+    assert trained.startswith("{}") and trained in catalogue()["head_of_state"]
+    held_out = paraphrases(r, 5)
+    assert held_out and trained.replace("{}", "Peru") not in held_out and r.text not in held_out
+    assert rewrite_templates(Request(id="b", subject="Peru", prompt="{} has its capital in", target_new="Cusco",
+                                     relation="capital")) == ()  # the prompt already starts with the subject
+    # an unknown subject: the catalogue's relations (its answer the base model's), minus the rewritten one
+    far = subject_probes([Request(id="c", subject="Atlantis", prompt="The capital of {} is", target_new="X",
+                                  relation="capital")], pool, 0)["Atlantis"]
+    assert far and all(t is None and "Atlantis" in p and "capital" not in p for p, t, _ in far)
+    # the probe bank: every fact and catalogue prompt about the ledger's subjects, none about the batch's
+    bank = probe_bank(pool, ["Bolivia"], {"Peru"})
+    assert not any("Peru" in p for p, _, _ in bank)
+    assert "The capital of Chile is" in {p for p, _, _ in bank} and any("Bolivia" in p for p, _, _ in bank)
+    assert bank == probe_bank(pool, ["Bolivia"], {"Peru"})  # seeded: a gate re-run probes the same sample
+
+
+@pytest.mark.unit
+def test_locality_blame_names_neighbours_and_leaks_only():
+    from validation.gate import locality_blame
+
+    reqs = [Request(id="a", subject="Peru", prompt="{} is", target_new="Lima"),
+            Request(id="b", subject="Chile", prompt="{} is", target_new="Quito")]
+    rows = [{"kind": "neighbour", "request": "a", "unchanged": False, "before": " Bogotá", "after": " Lima"},
+            {"kind": "broad", "request": None, "unchanged": False, "before": " Caracas", "after": " Quito."},
+            {"kind": "broad", "request": None, "unchanged": False, "before": " Paris", "after": " Rome"},
+            {"kind": "subject", "request": "b", "unchanged": False, "before": " x", "after": " y"}]
+    assert locality_blame(rows, reqs) == ["a", "b"]  # the Paris -> Rome change points at nobody: bisection
+
+
 # --------------------------------------------------------------------------------------------------
 # Bisection (the gate replaced by a rule, so the search itself is what is tested)
 
@@ -208,10 +280,12 @@ def edited_pair(tiny_build, home, tmp_path_factory):
     from editing.store import Store
     from sandbox.trainer import model_corpus
 
+    from validation.probes import for_editor, model_facts
+
     base, tok = _load(tiny_build.path)
     reqs = _capital_edits(tiny_build, 3)
     edited = copy.deepcopy(base)
-    res = compute_edit(edited, tok, [r.to_edit_request() for r in reqs], H.default("memit", "sandbox"),
+    res = compute_edit(edited, tok, for_editor(reqs, model_facts(tiny_build.path)), H.default("memit", "sandbox"),
                        Store(home / "cache"), corpus_files=model_corpus(tiny_build.path))
     apply(edited, res.delta)
     out = tmp_path_factory.mktemp("gate")
@@ -236,6 +310,9 @@ def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_b
     m = good.metrics
     assert good.passed, good.failures
     assert m["reliability"] == 1.0 and m["reliability_before"] == 0.0
+    assert all(r["answer"].strip().startswith(r["target_new"]) for r in good.requests)  # what the model says
+    assert m["probes"]["subject"] >= 3 * 3 and m["subject_locality"] >= 0.9  # the subjects' other facts stay
+    assert m["probes"]["broad"] >= 50 and m["broad_locality"] >= 0.95
     assert m["probes"]["neighbour"] >= 3 * 3 and m["probes"]["paraphrase"] >= 3 * 2
     assert m["locality"] >= 0.9 and m["protected"] == 1.0
     assert set(m["norm_growth"]) == {"transformer.h.1.mlp.c_proj.weight"}  # the sandbox preset's one layer
@@ -283,3 +360,38 @@ def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_buil
     assert r.exit_code == 1, r.output
     assert "FAILED" in (tmp_path / "no" / "gate.html").read_text()
     assert "max_norm_growth" in r.output
+
+
+@pytest.mark.slow
+def test_gate_fails_an_edit_that_damages_the_subjects_other_facts_and_names_its_requests(tiny_build, home):
+    """New names the sandbox never met, edited without keep prompts (the engine before the preservation term):
+    the model says nothing new and loses the edited countries' other facts, while every other country's facts
+    stay (locality 1.0 in the measurement that found it). The gate must fail on subject locality, naming the
+    requests; the facts it names are the subjects' own."""
+    from editing import hparams as H
+    from editing.delta import apply
+    from editing.engine import compute_edit
+    from editing.store import Store
+    from sandbox.trainer import model_corpus, model_facts as sandbox_facts
+    from validation.gate import run_gate
+    from validation.probes import fluency_text, model_facts
+
+    base, tok = _load(tiny_build.path)
+    hos = [f for f in sandbox_facts(tiny_build.path) if f.relation == "head_of_state"][:2]
+    reqs = [Request(id=f"new-{i}", subject=f.subject, prompt=f.prompts[0], target_new=name, target_true=f.target,
+                    relation="head_of_state") for i, (f, name) in enumerate(zip(hos, ["Zorbak Quell", "Vintra Lomass"]))]
+    hp = H.default("memit", "sandbox")
+    hp = H.from_dict("memit", {**H.to_dict(hp), "realize_rounds": 0,
+                               "target": {**H.to_dict(hp)["target"], "v_steps": 40, "context_templates": [[10, 2]]}})
+    res = compute_edit(base, tok, [r.to_edit_request() for r in reqs], hp, Store(home / "cache"),
+                       corpus_files=model_corpus(tiny_build.path))
+    edited = copy.deepcopy(base)
+    apply(edited, res.delta)
+    pool = model_facts(tiny_build.path)
+    report = run_gate(base, edited, tok, reqs, GatePolicy(), pool=pool, text=fluency_text(tiny_build.path))
+    assert not report.passed
+    (fail,) = [f for f in report.failures if f["metric"] == "subject_locality"]
+    assert fail["value"] < 0.9 and sorted(fail["requests"]) == ["new-0", "new-1"]
+    damaged = [p for p in report.probes if p["kind"] == "subject" and not p["unchanged"]]
+    assert damaged and all(any(r.subject in p["prompt"] for r in reqs) for p in damaged)
+    assert report.metrics["locality"] >= 0.95  # other subjects' facts: the old gate's only view, and it saw nothing

@@ -315,9 +315,18 @@ def _says_many(model, tok, items: list[tuple[str, str]], cache: dict | None) -> 
     got = _greedy_many(model, tok, list(gen.values()), cache)
     out = {}
     for it, g in gen.items():
-        answer = tok.decode(got[g][0], skip_special_tokens=True)
+        answer = answer_text(tok, got[g][0])
         out[it] = (says(answer, it[1]), answer)
     return out
+
+
+def answer_text(tok, ids: list[int]) -> str:
+    """The text of greedy token ids up to the first end-of-text token (decoding past it with special tokens
+    skipped would glue the next text on: "Merz<eos>The" read as "MerzThe")."""
+    eos = tok.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[:ids.index(eos)]
+    return tok.decode(ids, skip_special_tokens=True)
 
 
 def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], policy: GatePolicy | None = None,
@@ -377,7 +386,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         token. Subject probes are kept whatever the base says: what it says about the subject must stay."""
         ids, lp = b_all[(p.prompt, n_tokens(p))]
         if p.target:
-            return says(tok.decode(ids, skip_special_tokens=True), p.target)
+            return says(answer_text(tok, ids), p.target)
         return float(lp.max().exp()) >= policy.probe_confidence
 
     subj = [p for p in subj if p.target or answered(p)]

@@ -86,11 +86,25 @@ def relation_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = No
     return ()
 
 
+def rewrite_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+    """The catalogue phrasing the editor trains on besides the request's prompt
+    (:attr:`editing.requests.EditRequest.rewrite_prompts`): the relation's first template with the subject at
+    the start of the text, when the prompt has it elsewhere. At the start of a text the subject's hidden state
+    differs from the one after a prefix (no context before it; in GPT-2 the first position is the attention
+    sink), and an edit optimised only on prompts with words before the subject did not carry to "Germany's
+    capital city is". The gate never probes this phrasing (:func:`paraphrases`)."""
+    if req.prompt.startswith("{}"):
+        return ()
+    return tuple(t for t in relation_templates(req, cat) if t.startswith("{}") and t != req.prompt)[:1]
+
+
 def paraphrases(req: Request, k: int, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
-    """The request's own paraphrases, else up to ``k`` catalogue phrasings other than its prompt."""
+    """The request's own paraphrases, else up to ``k`` catalogue phrasings other than its prompt and the one the
+    editor trains on (:func:`rewrite_templates`): held-out phrasings only."""
     if req.paraphrase_prompts:
         return req.paraphrase_prompts[:k] if k else req.paraphrase_prompts
-    others = [t for t in relation_templates(req, cat) if t != req.prompt]
+    trained = set(rewrite_templates(req, cat))
+    others = [t for t in relation_templates(req, cat) if t != req.prompt and t not in trained]
     return tuple(t.replace("{}", req.subject, 1) for t in others[:k])
 
 
@@ -194,6 +208,52 @@ def subject_probes(requests: list[Request], pool: Iterable[Fact], k: int, seed: 
         random.Random(f"{seed}:subject:{subject}").shuffle(probes)
         out[subject] = probes[:k] if k else probes
     return out
+
+
+def keep_templates(requests: list[Request], pool: Iterable[Fact], k: int = 12, seed: int = 0,
+                   cat: dict[str, tuple[str, ...]] | None = None) -> dict[str, tuple[str, ...]]:
+    """Subject -> up to ``k`` templates ("{}" = the subject) of its other facts, for the editor to keep
+    (:attr:`editing.requests.EditRequest.keep_prompts`). Where the catalogue knows the relation, two of its
+    phrasings other than the first: one with the subject at the start of the text and one with words before it
+    (the subject's hidden state differs between the two, and an edit kept on one form alone moved the other),
+    so that the gate's subject probes (the first phrasing) test a phrasing the edit did not see; the request's
+    own ``attribute_prompts`` are kept as given."""
+    cat = catalogue() if cat is None else cat
+    pool = list(pool)
+    by_subject: dict[str, list[Request]] = {}
+    for r in requests:
+        by_subject.setdefault(r.subject, []).append(r)
+    out = {}
+    for subject, reqs in by_subject.items():
+        rewritten_rel = {r.relation for r in reqs if r.relation}
+        rewritten = {r.prompt for r in reqs} | {t for r in reqs for t in relation_templates(r, cat)}
+        found: dict[str, None] = {}
+        for r in reqs:
+            for prompt, _ in getattr(r, "attribute_prompts", ()) or ():
+                if subject in prompt:
+                    found[prompt.replace(subject, "{}", 1)] = None
+        rels = [f.relation for f in pool if f.subject == subject and f.relation and f.relation not in rewritten_rel]
+        if not rels and not found:
+            rels = sorted(set(cat) - rewritten_rel)
+            random.Random(f"{seed}:keep:{subject}").shuffle(rels)
+        for rel in dict.fromkeys(rels):
+            if rel in cat:  # one phrasing with the subject first and one with words before it, not the first
+                rest = cat[rel][1:] or cat[rel]
+                for first in (True, False):
+                    found.update({t: None for t in [t for t in rest if t.startswith("{}") == first][:1]})
+            else:
+                found.update({f.prompt.replace(subject, "{}", 1): None for f in pool
+                              if f.subject == subject and f.relation == rel})
+        out[subject] = tuple(t for t in found if t not in rewritten and t.count("{}") == 1)[:k]
+    return out
+
+
+def for_editor(requests: list[Request], pool: Iterable[Fact], seed: int = 0) -> list:
+    """The requests as the editor takes them (:class:`editing.requests.EditRequest`), each with the subject's
+    other facts to keep (:func:`keep_templates`) and the phrasing to train besides its prompt
+    (:func:`rewrite_templates`): what the pipeline, the tests and the benchmarks edit with."""
+    keep = keep_templates(requests, pool, seed=seed)
+    return [r.to_edit_request(keep=keep.get(r.subject, ()), rewrite=rewrite_templates(r)) for r in requests]
 
 
 def probe_bank(pool: Iterable[Fact], subjects: Iterable[str], exclude: set[str], seed: int = 0,

@@ -118,13 +118,16 @@ class Request:
         """The fact a request rewrites: (subject, relation), or (subject, prompt) when it names no relation."""
         return (self.subject, self.relation or self.prompt)
 
-    def to_edit_request(self):
-        """The fields the editing engine needs (:class:`editing.requests.EditRequest`)."""
+    def to_edit_request(self, keep: tuple[str, ...] = (), rewrite: tuple[str, ...] = ()):
+        """The fields the editing engine needs (:class:`editing.requests.EditRequest`); ``keep``: templates of
+        the subject's other facts for the editor to keep (:func:`validation.probes.keep_templates`);
+        ``rewrite``: more phrasings to train the new target on (:func:`validation.probes.rewrite_templates`)."""
         from editing.requests import EditRequest
 
         return EditRequest(subject=self.subject, prompt=self.prompt, target_new=self.target_new,
                            target_true=self.target_true, id=self.id, paraphrase_prompts=self.paraphrase_prompts,
-                           neighborhood_prompts=self.neighborhood_prompts)
+                           neighborhood_prompts=self.neighborhood_prompts, keep_prompts=tuple(keep),
+                           rewrite_prompts=tuple(rewrite))
 
     def to_json(self) -> dict[str, Any]:
         """The native JSONL record (DESIGN.md), plus ``extra`` when it holds any, ``content_hash`` and ``origin``."""
