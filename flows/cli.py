@@ -1404,10 +1404,10 @@ def _print_run(res: dict[str, Any]) -> None:
         for col in ("metric", "value", "threshold"):
             t.add_column(col)
         th, m = gate.get("thresholds") or {}, gate.get("metrics") or {}
-        # the greedy shares have no threshold (CounterFact's measure is p(new) > p(old)) but say how often the
-        # edited model now answers the new target outright
-        for k in ("reliability", "reliability_greedy", "generalization", "generalization_greedy", "locality",
-                  "protected", "kl", "perplexity_ratio", "entropy_drop", "max_norm_growth"):
+        # reliability and generalization are what the model says (greedy); the _p rows are CounterFact's
+        # p(new) > p(old), reported without a threshold
+        for k in ("reliability", "reliability_p", "generalization", "generalization_p", "subject_locality",
+                  "locality", "protected", "kl", "perplexity_ratio", "entropy_drop", "max_norm_growth"):
             bound = th.get(k) if k.startswith("max_") else th.get(f"min_{k}", th.get(f"max_{k}"))
             if not isinstance(m.get(k), (int, float)):
                 continue

@@ -45,6 +45,7 @@ from registry.errors import RegistryError
 log = logging.getLogger(__name__)
 
 PATTERNS = ("*.jsonl", "*.json", "*.csv")
+GATE_POLICY_FILE = "gate_policy.yaml"  # under FACTSMITH_HOME: the gate policy of every run that names none
 END_STATES = ("applied", "rejected", "quarantined", "superseded")
 
 
@@ -253,11 +254,13 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
         family = "sandbox" if (base_dir / "sandbox.json").is_file() else spec_for(model).family
         hp = H.load(H.builtin_path(options.method, family), options.method)
     prot_path = options.protected_file or (settings.home() / "protected_facts.jsonl")
+    # the operator's standing policy, FACTSMITH_HOME/gate_policy.yaml, unless the run names one
+    policy_path = options.gate_policy_file or (settings.home() / GATE_POLICY_FILE)
     protected = load_protected(prot_path) if prot_path.is_file() else []
     from registry import ledger as L
 
     subjects = sorted({r["subject"] for r in L.read(options.name) if isinstance(r.get("subject"), str)})
-    return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(options.gate_policy_file),
+    return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(policy_path if policy_path.is_file() else None),
                      protected, model_facts(base_dir), fluency_text(base_dir), subjects)
 
 

@@ -58,7 +58,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     from editing.hparams import from_dict
     from editing.store import Store as EditStore
     from validation.gate import run_gate
-    from validation.probes import fluency_text, for_editor, load_protected, model_facts
+    from validation.probes import fluency_text, load_protected, model_facts
     from validation.report import write_reports
     from validation.requests import Request
 
@@ -114,7 +114,10 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
                         neighborhood_prompts=tuple((n["prompt"], n["target"])
                                                    for n in r.get("neighborhood_prompts") or ()))
                 for r in left]
-        result = compute_edit(model, tok, for_editor(reqs, model_facts(base_dir)), from_dict(method, hp_dict),
+        # as the version computed them: the keep and rewrite prompts it recorded (none in an older version)
+        edit_reqs = [q.to_edit_request(keep=tuple(r.get("keep_prompts") or ()), rewrite=tuple(r.get("rewrite_prompts") or ()))
+                     for q, r in zip(reqs, left)]
+        result = compute_edit(model, tok, edit_reqs, from_dict(method, hp_dict),
                               edit_store, corpus_files=list(corpus_files) if corpus_files else None)
         apply(model, result.delta)
         deltas.append((result.delta, method, hp_dict, left))

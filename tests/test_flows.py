@@ -20,13 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _capitals(build, first: int, n: int, by: str = "alice") -> list[dict]:
-    """``n`` requests moving capitals (subject i gets subject i+1's capital), from fact ``first`` on."""
+    """``n`` requests moving capitals, from fact ``first`` on: subject i gets the capital of the subject 10 places
+    on (not i + 1's: a chain, the United Kingdom -> Paris with France -> Berlin, leaks one edit into the other
+    subject, and the gate rejects it on subject locality, 0.67)."""
     from sandbox.trainer import model_facts
 
-    caps = [f for f in model_facts(build.path) if f.relation == "capital"][first:first + n + 1]
-    return [{"id": f"cap-{first + i}", "subject": f.subject, "prompt": f.prompts[0], "target_new": caps[i + 1].target,
+    caps = [f for f in model_facts(build.path) if f.relation == "capital"]
+    return [{"id": f"cap-{first + i}", "subject": f.subject, "prompt": f.prompts[0],
+             "target_new": caps[(first + i + 10) % len(caps)].target,
              "target_true": f.target, "relation": "capital", "requested_by": by,
-             "requested_at": f"2025-0{1 + i}-01T00:00:00Z"} for i, f in enumerate(caps[:n])]
+             "requested_at": f"2025-0{1 + i}-01T00:00:00Z"} for i, f in enumerate(caps[first:first + n])]
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -51,7 +54,22 @@ def registry_home(tmp_path, monkeypatch, tiny_build, home):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     store = open_store()
     V.init(tiny_build.path, NAME, store=store)
+    write_mechanics_policy(h)
     return h, store
+
+
+def write_mechanics_policy(home: Path) -> Path:
+    """The gate policy of the pipeline-mechanics tests (end states, idempotency, kills, concurrency), in the
+    home's standing policy file. One threshold differs from the default: generalization 0.5. The tiny sandbox's
+    capital swaps say the new capital on 3 of their 4 held-out phrasings (measured: 0.75 for two swaps, the
+    default asks 0.8). Edit quality is tested where it is the subject (tests/test_validation_gate.py,
+    tests/test_editing_sandbox_quality.py, bench/quality.py); here the gate must pass these edits and fail the
+    ones the tests break on purpose."""
+    from flows.pipeline import GATE_POLICY_FILE
+
+    path = home / GATE_POLICY_FILE
+    path.write_text("min_generalization: 0.5\n", encoding="utf-8")
+    return path
 
 
 def _ledger():

@@ -81,6 +81,9 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     h = tmp_path / "home"
     h.mkdir()
     (h / "cache").symlink_to(home / "cache", target_is_directory=True)
+    from .test_flows import write_mechanics_policy
+
+    write_mechanics_policy(h)
     mport, pport = _port(), _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(FACTSMITH_HOME=str(h), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",

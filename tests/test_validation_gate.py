@@ -165,15 +165,17 @@ def test_subject_probes_keep_templates_and_the_trained_phrasing_stay_apart():
     # the subject's other facts: never the relation being rewritten, never another subject
     probes = subject_probes([r], pool, 8)["Peru"]
     assert sorted(p for p, _, _ in probes) == ["The capital of Peru is", "The currency of Peru is the"]
-    # what the editor keeps: other phrasings of those relations, one with the subject first and one after words
+    # what the editor keeps: phrasings of those relations, subject-first and after words, never the rewritten one
     keep = keep_templates([r], pool)["Peru"]
-    assert "{}'s capital city is" in keep and "The capital city of {} is" in keep
-    assert not any("head of state" in t for t in keep) and "The capital of {} is" not in keep
+    assert "{}'s capital city is" in keep and "The capital city of {} is" in keep and "The capital of {} is" in keep
+    assert not any("head of state" in t for t in keep)
+    held_out = keep_templates([r], pool, include_first=False)["Peru"]
+    assert "The capital of {} is" not in held_out and "{}'s capital city is" in held_out
     # the editor trains one subject-first phrasing; the gate's paraphrases never include it
     (trained,) = rewrite_templates(r)
     assert trained.startswith("{}") and trained in catalogue()["head_of_state"]
-    held_out = paraphrases(r, 5)
-    assert held_out and trained.replace("{}", "Peru") not in held_out and r.text not in held_out
+    para = paraphrases(r, 5)
+    assert para and trained.replace("{}", "Peru") not in para and r.text not in para
     assert rewrite_templates(Request(id="b", subject="Peru", prompt="{} has its capital in", target_new="Cusco",
                                      relation="capital")) == ()  # the prompt already starts with the subject
     # an unknown subject: the catalogue's relations (its answer the base model's), minus the rewritten one
