@@ -91,7 +91,9 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
                PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_LOGGING_LEVEL="WARNING", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     inbox = tmp_path / "inbox"
-    _write(inbox / "a.jsonl", _capitals(tiny_build, 16, 1))
+    # Romania -> Ottawa: an edit the gate passes. The Czech Republic -> Washington, D.C. (fact 16) is refused on
+    # generalization (0.0: the argmax stop leaves no margin and the held-out phrasings answer Prague)
+    _write(inbox / "a.jsonl", _capitals(tiny_build, 17, 1))
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport), "--workers", "1",
                   "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                   "--artifacts-destination", str(tmp_path / "mlartifacts")]
