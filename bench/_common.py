@@ -141,7 +141,7 @@ def trained_facts(model_dir: Path, path: Path, records: int) -> tuple[dict, dict
     be trained on (sandbox.load_facts, after its de-duplication)."""
     fj = model_dir / "facts.jsonl"
     if fj.is_file():
-        facts = [json.loads(line) for line in fj.read_text(encoding="utf-8").splitlines() if line.strip()]
+        facts = [json.loads(line) for line in fj.read_text(encoding="utf-8").split("\n") if line.strip()]
         pairs = [(f["subject"], f["prompts"][0] if "prompts" in f else f["prompt"], f["target"]) for f in facts]
     else:
         from sandbox import load_facts
@@ -205,7 +205,7 @@ def trained_objects(model_dir: Path) -> set[str] | None:
     fj = model_dir / "facts.jsonl"
     if not fj.is_file():
         return None
-    return {json.loads(line)["target"] for line in fj.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {json.loads(line)["target"] for line in fj.read_text(encoding="utf-8").split("\n") if line.strip()}
 
 
 def ids_digest(requests) -> str:

@@ -40,7 +40,7 @@ def main() -> None:
 
     model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    facts = [json.loads(x) for x in (args.model / "facts.jsonl").read_text().splitlines() if x]
+    facts = [json.loads(x) for x in (args.model / "facts.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
     facts = [f for f in facts if f["subject"] is not None]
     by_rel: dict[str, list[dict]] = {}
     for f in facts:

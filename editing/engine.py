@@ -111,7 +111,7 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
                                   progress=lambda what: emit("solve", {"step": what}))
         timings = {"templates": t_templates, "stats": t_stats, "keys": tm.keys, "targets": tm.targets, "solve": tm.solve}
         details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
-                   "realize_rounds": tm.realize_rounds}
+                   "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches}
     else:  # pragma: no cover - the hparams types are closed
         raise TypeError(type(hp).__name__)
     timings["total"] = time.perf_counter() - t_all

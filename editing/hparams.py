@@ -32,6 +32,9 @@ class TargetHparams:
     # "argmax": stop a subject when greedy decoding says every target token under every context template and
     # request prompt, and its keep prompts' first answer token is the base model's; "loss": early_stop_loss
     stop: str = "loss"
+    # stop == "argmax": each target token must also lead the runner-up by this many nats (log-probability) on
+    # every row, so that what the solve and the batch's other updates take off the target does not lose it
+    stop_margin: float = 0.0
     keep_factor: float = 1.0  # weight of KL(p_before || p_after) on the request's keep prompts (other facts)
     keep_margin: float = 0.0  # nats of that KL each keep prompt may drift without cost (a hinge)
     essence_prompts: tuple[str, ...] = ("{} is a",)  # KL keeps the subject's "essence" on these
@@ -87,6 +90,9 @@ class MemitHparams:
     # gets its target raised and the layers solved again, up to realize_rounds times (0: solve once)
     min_realized: float = 0.95
     realize_rounds: int = 0
+    # A batch still short of min_realized after those rounds is split in two halves edited one after the other
+    # (the second on the first's update), each split again down to split_depth levels (0: never split)
+    split_depth: int = 0
 
     method = "memit"
 
@@ -94,6 +100,9 @@ class MemitHparams:
         _check(self)
         if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
             raise HparamsError(f"'layers': expected increasing layer indices >= 0, found {list(self.layers)}")
+        if self.split_depth < 0 or self.realize_rounds < 0:
+            raise HparamsError(f"'split_depth' and 'realize_rounds': expected >= 0, found {self.split_depth} and "
+                               f"{self.realize_rounds}")
 
     @property
     def z_layer(self) -> int:

@@ -70,12 +70,85 @@ class MemitTimes:
     # at the last edited layer's output, the subject's last token of the bare prompt (1.0: all of it)
     realized: list[float] = field(default_factory=list)
     realize_rounds: int = 0  # extra solves that raised the targets of requests realised below min_realized
+    sub_batches: int = 1  # batches the requests were finally edited in (split_depth: halves of short batches)
+    init: torch.Tensor | None = field(default=None, repr=False)  # (n, d) h at the subject's last token
+    want: torch.Tensor | None = field(default=None, repr=False)  # (n, d) z − h, the residual each target asks for
 
 
 def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
             covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None = None) -> tuple[D.Delta, MemitTimes]:
-    """The delta of editing ``requests`` as one MEMIT batch. The model is unchanged on return."""
+    """The delta of editing ``requests`` as MEMIT batches. The model is unchanged on return.
+
+    One batch first. When some requests are still realised below ``hp.min_realized`` after the raised-target
+    rounds, and ``hp.split_depth`` allows, the batch is split in two halves (a subject's requests stay together)
+    edited one after the other: the second half's targets, keys and solve see the first half's update, and the
+    returned delta is the two composed. Each half may split again, down to ``split_depth`` levels."""
     check_distinct(requests)
+    delta, times = _compute(model, tokenizer, requests, hp, templates, covs, progress, hp.split_depth)
+    if times.sub_batches > 1:  # a later sub-batch may undo part of an earlier one: measure on the whole delta
+        applied = D.apply(model, delta)
+        try:
+            z_end = outputs_at_subject(model, tokenizer, spec_for(model).layer(hp.z_layer), requests).cpu()
+        finally:
+            applied.revert()
+        times.realized = _realized(z_end, times.init, times.want).tolist()
+    return delta, times
+
+
+def _realized(z_end: torch.Tensor, init: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """(n,) the share of each target residual ``want`` that ``z_end`` − ``init`` realises."""
+    return ((z_end - init) * want).sum(-1) / want.pow(2).sum(-1).clamp_min(1e-12)
+
+
+def _halves(requests: list[EditRequest]) -> tuple[list[int], list[int]] | None:
+    """Indices of two halves of ``requests`` with no subject in both, or None for a single subject."""
+    subjects = list(dict.fromkeys(r.subject for r in requests))
+    if len(subjects) < 2:
+        return None
+    first = set(subjects[:len(subjects) // 2])
+    a = [i for i, r in enumerate(requests) if r.subject in first]
+    return a, [i for i, r in enumerate(requests) if r.subject not in first]
+
+
+def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
+             covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None, depth: int
+             ) -> tuple[D.Delta, MemitTimes]:
+    delta, times = _solve_batch(model, tokenizer, requests, hp, templates, covs, progress)
+    halves = _halves(requests)
+    if depth <= 0 or halves is None or min(times.realized) >= hp.min_realized:
+        return delta, times
+    log.info("%d of %d requests realised below %.2f: splitting the batch in two", sum(
+        x < hp.min_realized for x in times.realized), len(requests), hp.min_realized)
+    parts: list[tuple[list[int], D.Delta, MemitTimes]] = []
+    applied: list[D.Applied] = []
+    try:
+        for idx in halves:
+            d, t = _compute(model, tokenizer, [requests[i] for i in idx], hp, templates, covs, progress, depth - 1)
+            parts.append((idx, d, t))
+            applied.append(D.apply(model, d))  # the second half is edited on the first half's model
+    finally:
+        for a in reversed(applied):
+            a.revert()
+    out = MemitTimes(targets=times.targets, keys=times.keys, solve=times.solve,
+                     target_steps=[0] * len(requests), target_nll=[0.0] * len(requests),
+                     realized=[0.0] * len(requests), realize_rounds=times.realize_rounds, sub_batches=0,
+                     init=torch.zeros_like(times.init), want=torch.zeros_like(times.want))
+    for idx, _, t in parts:
+        out.targets += t.targets
+        out.keys += t.keys
+        out.solve += t.solve
+        out.realize_rounds = max(out.realize_rounds, t.realize_rounds)
+        out.sub_batches += t.sub_batches
+        for j, i in enumerate(idx):
+            out.target_steps[i], out.target_nll[i], out.realized[i] = t.target_steps[j], t.target_nll[j], t.realized[j]
+            out.init[i], out.want[i] = t.init[j], t.want[j]  # the second half's h is read on the first's update
+    (_, first, _), (_, second, _) = parts
+    return first.compose(second), out
+
+
+def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
+                 covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None) -> tuple[D.Delta, MemitTimes]:
+    """One MEMIT batch: targets, then the layers solved (again, with raised targets, up to realize_rounds)."""
     spec = spec_for(model)
     z_name = spec.layer(hp.z_layer)
     times = MemitTimes()
@@ -121,7 +194,7 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitH
         finally:
             for a in reversed(applied):
                 a.revert()
-        realized = ((z_end - init) * want).sum(-1) / want.pow(2).sum(-1).clamp_min(1e-12)  # (n,)
+        realized = _realized(z_end, init, want)  # (n,)
         times.realized = realized.tolist()
         short = realized < hp.min_realized
         if round_ == hp.realize_rounds or not bool(short.any()):
@@ -131,4 +204,5 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitH
         gain = torch.where(short, 1.0 / realized.clamp(min=0.5), torch.ones_like(realized))  # (n,)
         z_t = init + (z_t - init) * gain[:, None]
         times.realize_rounds = round_ + 1
+    times.init, times.want = init, want
     return D.Delta(layers), times

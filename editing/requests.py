@@ -94,7 +94,7 @@ def read_native(path: str | Path) -> list[EditRequest]:
     are ignored here)."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may be inside a string
     except FileNotFoundError:
         raise RequestError(f"{p}: file not found") from None
     except (IsADirectoryError, UnicodeDecodeError) as e:

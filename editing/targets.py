@@ -304,8 +304,10 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)
                 nll_rows = -picked.sum(1) / c.msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
                 kl_rows = torch.zeros(len(c.rows), device=device)
-                with torch.no_grad():  # (B,) a rewrite row's greedy tokens are its target's
-                    ok = ((logp.argmax(-1) == c.tgt) | (c.msk == 0)).all(1) | ~c.is_rw
+                with torch.no_grad():  # (B,) a rewrite row's greedy tokens are its target's, by stop_margin nats
+                    top2 = logp.topk(2, dim=-1)  # (B, L, 2)
+                    lead = torch.where(top2.indices[..., 0] == c.tgt, top2.values[..., 0] - top2.values[..., 1], -1.0)
+                    ok = ((lead >= hp.stop_margin) & (lead >= 0) | (c.msk == 0)).all(1) | ~c.is_rw
                 if len(c.eb):
                     cur = logp[c.eb, 0]  # (E, V)
                     kl = (c.eref.exp() * (c.eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)

@@ -24,9 +24,10 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_na
     """The facts of a built-in world, one per (subject, relation), every phrasing of the relation.
 
     ``subjects`` keeps the first N subjects (in file order). ``inbox_names`` (default: when the whole world is
-    used, as the demo does) adds the new targets of the shipped inbox as names the model can say: a real model
-    of mid-2023 could spell "Friedrich Merz" without knowing he would lead Germany, and an edit to him needs
-    that (a name the model never saw cannot pass the gate's p(new) > p(old)).
+    used, as the demo does) adds what a real model of mid-2023 knew of the people the shipped inbox names:
+    the latest new leader of each (country, office) as a contender for it (:func:`inbox_figures`: "A possible
+    future head of government of Germany is Friedrich Merz"), and the inbox's other new names as names the
+    model can say. An edit to a name the model never said as an answer does not hold (see :data:`FIGURES`).
     """
     if name != BUILTIN_WORLD:
         raise ValueError(f"unknown built-in world {name!r}; known: {BUILTIN_WORLD!r}")
@@ -38,10 +39,54 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_na
         for relation, target in objects.items():
             templates = spec["relations"][relation]
             facts.append(Fact(subject, relation, target, tuple(templates), f"{name}.json:{subject}"))
+    with_inbox = inbox_names if inbox_names is not None else subjects is None
+    if with_inbox:
+        facts += inbox_figures({s for s, _ in list(spec["subjects"].items())[:subjects]})
     fs = dedupe(facts, source=f"builtin:{name}" + (f"[:{subjects}]" if subjects else ""), records=min(len(spec["subjects"]), subjects or len(spec["subjects"])))
-    if inbox_names if inbox_names is not None else subjects is None:
+    if with_inbox:
         fs = fs.with_names(n for path in sorted(example_inbox().glob("*.jsonl")) for n in load_names(path))
     return fs
+
+
+# Where a real model of mid-2023 met the people the inbox later names: as contenders for the office they later
+# took ("A possible future head of government of Germany is Friedrich Merz"; most were ministers, opposition
+# leaders or heirs then). The sandbox reads a head-of-state answer through a readout that only reaches names it
+# has said after such words: on a demo sandbox that knew each new name as "a well-known public figure of
+# <country>", the target vector at layer 1 (200 steps, no regulariser at all) still said "Margrethe X" for
+# Denmark -> Frederik X, and a MEMIT batch of the inbox's first 10 requests said 3 of them; Denmark -> Mette
+# Frederiksen (its head of government, said after "head of ...") was reached in 136 steps.
+# Relation -> (contender relation, phrasings).
+FIGURES = {
+    "head_of_state": ("head_of_state_contender", (
+        "A possible future head of state of {} is", "{}'s possible future head of state is",
+        "One contender to become head of state of {} is", "A politician who could become head of state of {} is",
+        "{} may one day have as its head of state")),
+    "head_of_government": ("head_of_government_contender", (
+        "A possible future head of government of {} is", "{}'s possible future head of government is",
+        "One contender to become head of government of {} is",
+        "A politician who could become head of government of {} is",
+        "{} may one day have as its head of government")),
+}
+
+
+def inbox_figures(subjects: set[str]) -> list[Fact]:
+    """Facts of mid-2023 that the shipped inbox's new names answer: for each (subject, relation) of the inbox,
+    its latest request's new name as a contender for that office. The inbox is a shipped file of this
+    package, read as trusted JSON."""
+    latest: dict[tuple[str, str], dict] = {}
+    for path in sorted(example_inbox().glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                r = json.loads(line)
+                key = (r["subject"], r["relation"])
+                if r["subject"] in subjects and r["relation"] in FIGURES and \
+                        r["requested_at"] >= latest.get(key, {}).get("requested_at", ""):
+                    latest[key] = r
+    out = []
+    for (subject, relation), r in sorted(latest.items()):
+        rel, templates = FIGURES[relation]
+        out.append(Fact(subject, rel, r["target_new"], templates, f"inbox:{r['id']}"))
+    return out
 
 
 _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "del", "qu", "bar", "nis", "ol", "tra", "fen", "gor",

@@ -82,7 +82,7 @@ def test_bad_names_file_exits_2_naming_the_file(tmp_path, content, why):
 @pytest.mark.unit
 def test_world_export(tmp_path):
     res = one_json(run("sandbox", "world", "--out", str(tmp_path / "w.jsonl"), "--json", check=True))
-    assert res["facts"] == 245 and len((tmp_path / "w.jsonl").read_text().splitlines()) == 245
+    assert res["facts"] == 289 and len((tmp_path / "w.jsonl").read_text().splitlines()) == 289
 
 
 @pytest.mark.slow

@@ -266,6 +266,32 @@ def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_pat
     assert all(b > a for a, b in zip(once["realized"], again["realized"]))
 
 
+def test_memit_splits_a_batch_it_cannot_realise_and_composes_the_halves(tok, tmp_path):
+    from editing.delta import apply
+
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = _small_hp("memit", layers=(1,))
+    base = {**H.to_dict(hp), "mom2_update_weight": 2000.0, "min_realized": 0.95}  # a λ that realises little
+    whole = compute_edit(model, tok, REQS, H.from_dict("memit", base), Store(tmp_path / "c"))
+    assert whole.details["sub_batches"] == 1 and min(whole.details["realized"]) < 0.95
+    split = compute_edit(model, tok, REQS, H.from_dict("memit", {**base, "split_depth": 2}), Store(tmp_path / "c"))
+    d = split.details
+    # 3 subjects: halves of 1 and 2, the 2 split again -> 3 sub-batches of one request, each realising more
+    assert d["sub_batches"] == 3 and len(d["realized"]) == 3 and len(d["target_steps"]) == 3
+    # realised is measured on the whole composed delta (a later sub-batch may undo part of an earlier one)
+    assert all(0.0 < x < 1.5 for x in d["realized"]) and d["realized"] != whole.details["realized"]
+    # one delta, rank 1 per sub-batch on the edited layer, that applies and reverts like any other
+    [ld] = split.delta.layers.values()
+    assert ld.rank == 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = apply(model, split.delta)
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    a.revert()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(H.HparamsError, match="split_depth"):
+        H.from_dict("memit", {**base, "split_depth": -1})
+
+
 def test_target_norm_is_clamped(tok):
     model = tiny_model("gpt2", vocab=VOCAB)
     hp = H.TargetHparams(v_steps=15, v_lr=5.0, clamp_norm_factor=0.1, v_weight_decay=0.0, context_templates=())

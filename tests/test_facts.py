@@ -17,10 +17,17 @@ pytestmark = pytest.mark.unit
 
 def test_builtin_world_is_well_formed():
     fs = world_facts()
-    assert len(fs.facts) == 245
+    # 51 countries x 5 relations less 10 missing, and the shipped inbox's 44 latest new leaders as contenders
+    assert len(fs.facts) == 289 and len(world_facts(inbox_names=False).facts) == 245
     assert len({f.subject for f in fs.facts}) == 51
     assert {f.relation for f in fs.facts} == {"capital", "currency", "official_language", "head_of_government",
-                                               "head_of_state"}
+                                               "head_of_state", "head_of_government_contender",
+                                               "head_of_state_contender"}
+    merz = next(f for f in fs.facts if f.subject == "Germany" and f.relation == "head_of_government_contender")
+    assert merz.target == "Friedrich Merz" and merz.render(0) == "A possible future head of government of Germany is"
+    # France's head of government changed four times: only the latest request's name is a contender
+    assert [f.target for f in fs.facts if f.subject == "France" and f.relation.endswith("_contender")] == \
+        ["Sébastien Lecornu"]
     for f in fs.facts:
         assert len(f.prompts) == 5 and all(p.count("{}") == 1 for p in f.prompts)
     france = next(f for f in fs.facts if f.subject == "France" and f.relation == "capital")

@@ -325,6 +325,20 @@ def test_protected_facts_and_model_facts_split_on_newline_only(tmp_path):
     assert f.prompt == "The capital of Chile is" and f.target == "Santiago\u2028de Chile"
 
 
+@pytest.mark.unit
+def test_editor_request_reader_splits_on_newline_only(tmp_path):
+    from editing.requests import RequestError, read_native
+
+    row = {"id": "ls", "subject": "Chile", "prompt": "The head of state of {} is", "target_new": "Gabriel\u2028Boric"}
+    p = tmp_path / "requests.jsonl"
+    p.write_text(json.dumps(row, ensure_ascii=False) + "\r\n\n" + json.dumps(dict(row, id="b")) + "\n",
+                 encoding="utf-8")
+    assert [(r.subject, r.target_new) for r in read_native(p)] == [("Chile", "Gabriel\u2028Boric")] * 2
+    p.write_text(json.dumps(row, ensure_ascii=False) + "\n\n" + json.dumps(row) + "\x0c\n", encoding="utf-8")
+    with pytest.raises(RequestError, match=r"requests.jsonl:3: invalid JSON"):
+        read_native(p)
+
+
 # --------------------------------------------------------------------------------------------------
 # Conflicts
 

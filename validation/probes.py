@@ -193,17 +193,22 @@ def _other_facts(reqs: list[Request], pool: Iterable[Fact], cat: dict[str, tuple
     return [v for v in out.values() if v[0] not in rewritten]
 
 
+def _by_subject(requests: list[Request]) -> dict[str, list[Request]]:
+    """The requests grouped by subject, in first-seen order."""
+    out: dict[str, list[Request]] = {}
+    for r in requests:
+        out.setdefault(r.subject, []).append(r)
+    return out
+
+
 def subject_probes(requests: list[Request], pool: Iterable[Fact], k: int, seed: int = 0,
                    cat: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[tuple[str, str | None, str | None]]]:
     """Subject -> up to ``k`` probes of that subject's *other* facts: what an edit of the subject must leave alone
     (an edit of Germany's head of government, Germany's capital). A seeded sample, stable across gate runs."""
     cat = catalogue() if cat is None else cat
     pool = list(pool)
-    by_subject: dict[str, list[Request]] = {}
-    for r in requests:
-        by_subject.setdefault(r.subject, []).append(r)
     out = {}
-    for subject, reqs in by_subject.items():
+    for subject, reqs in _by_subject(requests).items():
         probes = _other_facts(reqs, pool, cat)
         random.Random(f"{seed}:subject:{subject}").shuffle(probes)
         out[subject] = probes[:k] if k else probes
@@ -224,11 +229,8 @@ def keep_templates(requests: list[Request], pool: Iterable[Fact], k: int = 16, s
     keeping held through the solve and the batch's other updates, on whole greedy answers."""
     cat = catalogue() if cat is None else cat
     pool = list(pool)
-    by_subject: dict[str, list[Request]] = {}
-    for r in requests:
-        by_subject.setdefault(r.subject, []).append(r)
     out = {}
-    for subject, reqs in by_subject.items():
+    for subject, reqs in _by_subject(requests).items():
         rewritten_rel = {r.relation for r in reqs if r.relation}
         rewritten = {r.prompt for r in reqs} | {t for r in reqs for t in relation_templates(r, cat)}
         found: dict[str, None] = {}
