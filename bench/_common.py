@@ -276,6 +276,95 @@ def summarize(before: dict[str, list], after: dict[str, list]) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------
+# What the model says (greedy), as the gate judges it
+
+
+def model_facts(model_dir: Path) -> list:
+    """The sandbox's facts about a subject (validation.probes.Fact: subject, prompt, target), [] without a
+    facts.jsonl."""
+    from validation.probes import model_facts as mf
+
+    return [f for f in mf(model_dir) if f.subject]
+
+
+def with_probes(requests: list, pool: list, seed: int = 0) -> list:
+    """The requests as the pipeline edits them (validation.probes.for_editor): each with its subject's other
+    facts to keep and a subject-first phrasing to train besides its prompt."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from validation.probes import keep_templates, rewrite_templates
+
+    shims = [SimpleNamespace(subject=r.subject, relation=None, prompt=r.prompt, attribute_prompts=())
+             for r in requests]
+    keep = keep_templates(shims, pool, seed=seed)
+    return [dataclasses.replace(r, keep_prompts=keep.get(r.subject, ()), rewrite_prompts=rewrite_templates(s))
+            for r, s in zip(requests, shims)]
+
+
+def greedy_says(model, tok, prompts: list[str], targets: list[str]) -> list[bool]:
+    """Whether the greedy answer to each prompt says its target (validation.answers.says, the gate's test)."""
+    from flows.ask import answers
+    from validation.answers import says
+
+    if not prompts:
+        return []
+    return [says(a.continuation, t) for a, t in zip(answers(model, tok, prompts, top=1), targets)]
+
+
+@dataclass
+class GreedyProbes:
+    """The greedy probes of one edit call, chosen on the base model: prompts whose answer the edit must change
+    (rewrite, paraphrase: say target_new) or keep (neighbour, subject: the subject's other facts, other: a
+    seeded sample of other subjects' facts), each kept only where the base model says its expected answer."""
+
+    rewrite: list[tuple[str, str]]
+    paraphrase: list[tuple[str, str]]
+    neighbour: list[tuple[str, str]]
+    subject: list[tuple[str, str]]
+    other: list[tuple[str, str]]
+
+    @classmethod
+    def choose(cls, model, tok, batch: list, facts: list, other_sample: int, seed: int) -> "GreedyProbes":
+        edited = {r.subject for r in batch}
+        texts = {r.text for r in batch}
+        subject = [(f.prompt, f.target) for f in facts if f.subject in edited and f.prompt not in texts]
+        rest = [(f.prompt, f.target) for f in facts if f.subject not in edited]
+        random.Random(f"{seed}:other:{ids_digest(batch)}").shuffle(rest)
+        keep = []
+        for probes in (subject, [(p, t) for r in batch for p, t in r.neighborhood_prompts], rest[:other_sample]):
+            ok = greedy_says(model, tok, [p for p, _ in probes], [t for _, t in probes])
+            keep.append([x for x, k in zip(probes, ok) if k])
+        subj, neigh, other = keep
+        return cls([(r.text, r.target_new) for r in batch],
+                   [(p, r.target_new) for r in batch for p in r.paraphrase_prompts], neigh, subj, other)
+
+    def score(self, model, tok) -> dict[str, list[bool]]:
+        """kind -> per probe: the edited model says the new target (rewrite, paraphrase) or still says the kept
+        answer (neighbour, subject, other)."""
+        kinds = ("rewrite", "paraphrase", "neighbour", "subject", "other")
+        probes = [(k, p, t) for k in kinds for p, t in getattr(self, k)]
+        ok = greedy_says(model, tok, [p for _, p, _ in probes], [t for *_, t in probes])
+        out: dict[str, list[bool]] = {k: [] for k in kinds}
+        for (k, _, _), o in zip(probes, ok):
+            out[k].append(o)
+        return out
+
+
+def summarize_greedy(parts: list[dict[str, list[bool]]]) -> dict[str, Any]:
+    """Greedy efficacy / paraphrase, and the shares of neighbour, subject and other-subject facts kept, pooled
+    over a case's calls, with each measure's probe count."""
+    names = {"rewrite": "efficacy_greedy", "paraphrase": "paraphrase_greedy", "neighbour": "neighbourhood_greedy",
+             "subject": "subject_locality", "other": "other_facts_kept"}
+    res: dict[str, Any] = {}
+    for kind, name in names.items():
+        xs = [x for p in parts for x in p[kind]]
+        res[name] = _share(xs)
+        res[name + "_probes"] = len(xs)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
 # Memory, timings, output
 
 

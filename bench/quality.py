@@ -1,6 +1,7 @@
 """Benchmark: edit quality and cost of ROME and MEMIT on the CounterFact sandbox.
 
     python -m bench.quality [--only rome,rome-seq,memit-10,memit-100,memit-1000] [--n 100] [--records 1000]
+                            [--engine after|before] [--batches N] [--other-sample 200]
                             [--model DIR] [--hparams FILE] [--device cpu] [--threads 2] [--seed 0]
                             [--out bench/results/quality.json]
 
@@ -23,6 +24,19 @@ target) after. The same three scores are also given over the requests whose new 
 sandbox was trained to give (``*_trained_target``, ``trained_target_share``): many CounterFact
 counterfactuals are words the sandbox never says. Times are compute_edit's phases per edit;
 edits/s = edits / compute seconds; peak memory is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
+
+What the model *says*, as the gate judges it (greedy decoding begins with the answer, validation.answers.says):
+``efficacy_greedy`` and ``paraphrase_greedy`` (the new target), and the shares of facts the base model said
+that the edited one still says: ``neighbourhood_greedy`` (the records' locality prompts), ``subject_locality``
+(the edited subjects' other facts in the sandbox's facts.jsonl: few, a CounterFact subject rarely has two
+records) and ``other_facts_kept`` (a seeded sample of ``--other-sample`` facts of subjects the call did not
+edit). ``realized_*``: MEMIT's realised share of each target residual (editing.memit.MemitTimes.realized).
+
+``--engine after`` (default) edits as the pipeline does since issue 20: the shipped sandbox presets, each
+request with its subject's other facts to keep and a subject-first phrasing (validation.probes.keep_templates,
+rewrite_templates). ``--engine before``: the presets as they were before it (``bench/hparams/*-before-issue20``:
+the loss stop, 120 steps) and the bare requests; results go to ``quality_before.json`` unless ``--out`` says.
+``--batches N`` edits at most N batches (MEMIT) or N requests (ROME) of each case.
 """
 
 from __future__ import annotations
@@ -51,8 +65,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases: " + ", ".join(CASES))
     ap.add_argument("--n", type=int, default=100, help="ROME edits (rome, rome-seq)")
+    ap.add_argument("--engine", choices=("after", "before"), default="after",
+                    help="edit as the pipeline does (after issue 20) or as before it (bench/hparams/*-before-issue20)")
+    ap.add_argument("--batches", type=int, default=None, help="at most this many MEMIT batches per case")
+    ap.add_argument("--other-sample", type=int, default=200, help="other subjects' facts probed per edit call")
     C.add_common_args(ap, C.RESULTS / "quality.json")
     args = ap.parse_args()
+    if args.engine == "before":
+        if args.out == C.RESULTS / "quality.json":
+            args.out = C.RESULTS / "quality_before.json"
+        if not args.hparams:
+            args.hparams = sorted((C.REPO / "bench" / "hparams").glob("*-before-issue20.yaml"))
     wanted = [c for c in args.only.split(",") if c]
     bad = [c for c in wanted if c not in CASES]
     if bad:
@@ -81,6 +104,9 @@ def main() -> None:
     base_hash = D.weights_sha256(model)
     corpus = model_corpus(model_dir)  # a sandbox's training text, as factsmith edit uses
     known = C.trained_objects(model_dir)
+    facts = C.model_facts(model_dir)
+    if args.engine == "after":
+        reqs = C.with_probes(reqs, facts, seed=args.seed)
 
     # Scores before any edit, once per request (every case edits a prefix of the same seeded order).
     before_cache: dict[str, dict[str, list]] = {}
@@ -92,9 +118,13 @@ def main() -> None:
                 before_cache[r.id] = sc
         return [before_cache[r.id] for r in batch]
 
-    def run(batch: list, hp, stats_flag: list[int]) -> tuple[list[dict[str, list]], dict[str, float], float]:
-        """compute, apply, score, revert: the scores after (per request), compute_edit's timings, seconds of
-        apply+score."""
+    def run(batch: list, hp, stats_flag: list[int]) -> tuple[list[dict[str, list]], dict[str, list[bool]],
+                                                          dict[str, float], dict, float]:
+        """choose the greedy probes, compute, apply, score, revert: the scores after (per request), the greedy
+        probes' results, compute_edit's timings and details, seconds of probing, apply and scoring."""
+        t0 = time.perf_counter()
+        probes = C.GreedyProbes.choose(model, tok, batch, facts, args.other_sample, args.seed)
+        t_probe = time.perf_counter() - t0
         flag = {"computed": False}
 
         def on_event(phase, detail):
@@ -107,9 +137,10 @@ def main() -> None:
         applied = D.apply(model, res.delta)
         try:
             after = C.score(model, tok, batch)
+            greedy = probes.score(model, tok)
         finally:
             applied.revert()
-        return after, res.timings, time.perf_counter() - t0
+        return after, greedy, res.timings, res.details, time.perf_counter() - t0 + t_probe
 
     rows = []
     for case in [c for c in CASES if c in wanted]:
@@ -117,35 +148,44 @@ def main() -> None:
         hp = hps[method]
         short = False
         if case == "rome":
-            groups = [[r] for r in reqs[:args.n]]
+            groups = [[r] for r in reqs[:args.n]][:args.batches]
         elif case == "rome-seq":
             groups = [reqs[:args.n]]
         else:
             size, n_batches = MEMIT_BATCHES[case]
-            groups, short = batches_for(reqs, size, n_batches)
+            groups, short = batches_for(reqs, size, min(n_batches, args.batches or n_batches))
         n = sum(len(g) for g in groups)
         print(f"{case}: {n} edits in {len(groups)} compute_edit call(s)", file=sys.stderr, flush=True)
         timings: dict[str, float] = {}
         afters, befores, edited = [], [], []  # per request, in order
+        greedy_parts, realized, sub_batches = [], [], 0
         stats_flag = [0]
         score_s = 0.0
         with C.PeakMemory(args.device) as mem:
             for g in groups:
                 befores += before(g)
-                after, t, s = run(g, hp, stats_flag)
+                after, greedy, t, details, s = run(g, hp, stats_flag)
                 afters += after
+                greedy_parts.append(greedy)
+                realized += details.get("realized", [])
+                sub_batches += details.get("sub_batches", 1)
                 edited += g
                 C.add_timings(timings, t)
                 score_s += s
             peak = mem.read()
         assert D.weights_sha256(model) == base_hash, "the model must be unchanged after every case"
         q = C.summarize(C.merge_scores(befores), C.merge_scores(afters))
+        q.update(C.summarize_greedy(greedy_parts))
+        if realized:
+            q.update({"realized_mean": round(sum(realized) / len(realized), 4), "realized_min": round(min(realized), 4),
+                      "realized_below_095": round(sum(x < 0.95 for x in realized) / len(realized), 4),
+                      "sub_batches": sub_batches})
         if known is not None:  # the same scores over the requests whose new target the sandbox can say
             keep = [i for i, r in enumerate(edited) if r.target_new in known]
             qk = C.summarize(C.merge_scores(befores[i] for i in keep), C.merge_scores(afters[i] for i in keep))
             q.update({"trained_target_share": round(len(keep) / n, 4),
                       **{f"{k}_trained_target": qk[k] for k in ("efficacy", "paraphrase", "neighbourhood")}})
-        row = {"case": case, "method": method, "edits": n, "calls": len(groups),
+        row = {"case": case, "method": method, "engine": args.engine, "edits": n, "calls": len(groups),
                "batch_size": len(groups[0]) if method == "memit" else (n if case == "rome-seq" else 1),
                "short_batch": short, **q,
                **{f"s_per_edit_{k}": round(timings[k] / n, 4) for k in C.PHASES},
@@ -162,6 +202,12 @@ def main() -> None:
                    ("efficacy_top1", "eff top-1", "%"), ("paraphrase_top1", "para top-1", "%"),
                    ("efficacy_before", "eff before", "%"), ("paraphrase_before", "para before", "%"),
                    ("neighbourhood_before", "neigh before", "%"), ("known_top1_before", "known top-1", "%")])
+    print()
+    C.table(rows, [("case", f"case (greedy, engine {args.engine})", ""), ("efficacy_greedy", "efficacy", "%"),
+                   ("paraphrase_greedy", "paraphrase", "%"), ("neighbourhood_greedy", "neighbours", "%"),
+                   ("subject_locality", "subject loc.", "%"), ("subject_locality_probes", "probes", "n"),
+                   ("other_facts_kept", "other facts", "%"), ("realized_mean", "realised", "%"),
+                   ("realized_min", "realised min", "%")])
     print()
     C.table(rows, [("case", "case (new target trained)", ""), ("trained_target_share", "share", "%"),
                    ("efficacy_trained_target", "efficacy", "%"), ("paraphrase_trained_target", "paraphrase", "%"),

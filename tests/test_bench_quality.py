@@ -1,0 +1,46 @@
+"""bench.quality's greedy probes, on the tiny sandbox: what they choose on the base model and how they score."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing.delta import Delta, LayerDelta, apply
+from editing.requests import EditRequest
+
+pytestmark = pytest.mark.slow
+
+
+def test_greedy_probes_choose_known_facts_and_see_an_edit(tiny_build):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench import _common as C
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_build.path, local_files_only=True, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_build.path, local_files_only=True)
+    facts = C.model_facts(tiny_build.path)
+    cap = next(f for f in facts if f.relation == "capital")
+    other = next(f for f in facts if f.relation == "capital" and f.subject != cap.subject)
+    req = EditRequest(cap.subject, "The capital of {} is", other.target, cap.target, id="x",
+                      paraphrase_prompts=(f"{cap.subject}'s capital city is",),
+                      neighborhood_prompts=((other.prompt, other.target),))
+    [edited_req] = C.with_probes([req], facts)
+    assert edited_req.keep_prompts and all("{}" in k for k in edited_req.keep_prompts)
+    probes = C.GreedyProbes.choose(model, tok, [req], facts, other_sample=20, seed=0)
+    # the subject's other facts, never the edited prompt; other subjects' facts only; all said by the base model
+    assert probes.subject and all(cap.subject in p and p != req.text for p, _ in probes.subject)
+    assert probes.other and all(cap.subject not in p for p, _ in probes.other) and len(probes.other) <= 20
+    base = probes.score(model, tok)
+    assert base["rewrite"] == [False] and all(base["subject"]) and all(base["other"]) and all(base["neighbour"])
+    # a change that makes every answer start with the new target's first token: the probes see the damage
+    w = model.get_submodule("lm_head").weight
+    u = torch.zeros(w.shape[0], 1)
+    u[tok(" " + other.target)["input_ids"][0], 0] = 100.0
+    applied = apply(model, Delta({"lm_head": LayerDelta(u, torch.ones(w.shape[1], 1))}))
+    try:
+        after = probes.score(model, tok)
+    finally:
+        applied.revert()
+    res = C.summarize_greedy([after])
+    assert res["efficacy_greedy"] == 1.0 and res["subject_locality"] < 0.5
+    assert res["subject_locality_probes"] == len(probes.subject)
