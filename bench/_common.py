@@ -302,6 +302,20 @@ def with_probes(requests: list, pool: list, seed: int = 0) -> list:
             for r, s in zip(requests, shims)]
 
 
+def catalogue_probes(model, tok, subjects: list[str], confidence: float = 0.5) -> list[tuple[str, str]]:
+    """(prompt, the base model's answer) for the relation catalogue's first phrasing of each relation about each
+    subject, where the base model's first token is at least ``confidence`` likely: the gate's subject probes for
+    a subject the model ships no other facts about (validation.gate, ``probe_confidence``)."""
+    from flows.ask import answers
+    from validation.probes import catalogue
+
+    prompts = [t[0].replace("{}", s, 1) for s in subjects for t in catalogue().values()]
+    if not prompts:
+        return []
+    return [(a.prompt, a.answer.strip()) for a in answers(model, tok, prompts, top=1)
+            if a.top and a.top[0]["prob"] >= confidence and a.answer.strip()]
+
+
 def greedy_says(model, tok, prompts: list[str], targets: list[str]) -> list[bool]:
     """Whether the greedy answer to each prompt says its target (validation.answers.says, the gate's test)."""
     from flows.ask import answers
@@ -316,7 +330,9 @@ def greedy_says(model, tok, prompts: list[str], targets: list[str]) -> list[bool
 class GreedyProbes:
     """The greedy probes of one edit call, chosen on the base model: prompts whose answer the edit must change
     (rewrite, paraphrase: say target_new) or keep (neighbour, subject: the subject's other facts, other: a
-    seeded sample of other subjects' facts), each kept only where the base model says its expected answer."""
+    seeded sample of other subjects' facts), each kept only where the base model says its expected answer. A
+    subject with no other facts in the model's facts is probed as the gate does: the catalogue's relations
+    about it that the base model answers with confidence, expected to keep that answer."""
 
     rewrite: list[tuple[str, str]]
     paraphrase: list[tuple[str, str]]
@@ -336,6 +352,8 @@ class GreedyProbes:
             ok = greedy_says(model, tok, [p for p, _ in probes], [t for _, t in probes])
             keep.append([x for x, k in zip(probes, ok) if k])
         subj, neigh, other = keep
+        covered = {f.subject for f in facts if f.subject in edited and f.prompt not in texts}
+        subj += [(p, a) for p, a in catalogue_probes(model, tok, sorted(edited - covered)) if p not in texts]
         return cls([(r.text, r.target_new) for r in batch],
                    [(p, r.target_new) for r in batch for p in r.paraphrase_prompts], neigh, subj, other)
 

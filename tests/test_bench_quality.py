@@ -30,6 +30,10 @@ def test_greedy_probes_choose_known_facts_and_see_an_edit(tiny_build):
     # the subject's other facts, never the edited prompt; other subjects' facts only; all said by the base model
     assert probes.subject and all(cap.subject in p and p != req.text for p, _ in probes.subject)
     assert probes.other and all(cap.subject not in p for p, _ in probes.other) and len(probes.other) <= 20
+    # a subject with no facts in the model's file is probed on the catalogue, where the base model is confident
+    cat = C.catalogue_probes(model, tok, [cap.subject])
+    assert cat and any(a.startswith(cap.target) for _, a in cat)
+    assert all(C.greedy_says(model, tok, [p for p, _ in cat], [a for _, a in cat]))
     base = probes.score(model, tok)
     assert base["rewrite"] == [False] and all(base["subject"]) and all(base["other"]) and all(base["neighbour"])
     # a change that makes every answer start with the new target's first token: the probes see the damage
