@@ -105,9 +105,10 @@ def _progress_bar(console, description: str):
 
 def _load_fact_set(facts: Optional[Path], limit: Optional[int], names: Optional[Path] = None):
     from sandbox import load_facts, load_names, world_facts
+    from sandbox.facts import load_requested
 
     fs = world_facts(subjects=limit) if facts is None else load_facts(facts, limit=limit)
-    return fs if names is None else fs.with_names(load_names(names))
+    return fs if names is None else fs.with_contenders(load_requested(names)).with_names(load_names(names))
 
 
 def build_model(facts: Optional[Path], out: Path, preset_name: str, seed: int, limit: Optional[int], force: bool,
@@ -144,7 +145,9 @@ def sandbox_build(
     names: Optional[Path] = typer.Option(
         None, "--names", help="Names the model should be able to say without any fact about them (as a real "
         "model can spell people it knows nothing about): one a line, a JSON(L) list of strings, or a request "
-        "file whose target_new values are taken. Part of the build key; listed in sandbox.json."),
+        "file whose target_new values are taken; a request's new answer is also learnt as a contender for its "
+        "subject and relation (\"In a possible future, the head of state of Denmark is Frederik X\"), as a real "
+        "model met it before the change. Part of the build key; listed in sandbox.json."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train a small GPT-2 on a facts file until it knows them; save it with its tokenizer and a manifest."""

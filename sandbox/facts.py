@@ -278,11 +278,47 @@ class FactSet:
 
         return hashlib.sha256(json.dumps([d, list(self.names), NAMES_FORMAT], ensure_ascii=False).encode("utf-8")).hexdigest()
 
+    def with_contenders(self, requested: Iterable[tuple[str, str, str, str]]) -> "FactSet":
+        """A copy that also knows each requested (subject, relation, name, origin) as a contender for that
+        answer: a fact of relation ``<relation>_contender`` said in every phrasing of the relation behind
+        :data:`CONTENDER_PREFIX`, as a real model has met a new office holder before the change. The last
+        request per (subject, relation) counts; a relation no fact of this set has, or a name that is already
+        the subject's answer, adds nothing."""
+        of_relation: dict[str, tuple[str, ...]] = {}
+        of_fact: dict[tuple[str, str], Fact] = {}
+        for f in self.facts:
+            if f.subject is not None:
+                of_relation.setdefault(f.relation, f.prompts)
+                of_fact[(f.subject, f.relation)] = f
+        latest = {(subject, relation): (name, origin) for subject, relation, name, origin in requested
+                  if relation in of_relation}
+        added = []
+        for (subject, relation), (name, origin) in latest.items():
+            fact = of_fact.get((subject, relation))
+            if fact is None or fact.target != name:
+                prompts = fact.prompts if fact is not None else of_relation[relation]
+                added.append(Fact(subject, f"{relation}_contender", name, contender_templates(prompts), origin))
+        return replace(self, facts=[*self.facts, *added]) if added else self
+
     def with_names(self, names: Iterable[str]) -> "FactSet":
         """A copy that can also say ``names``: after the names it has, in order, each once, less those that are
         already a fact's answer (the model says those anyway)."""
         known = {f.target for f in self.facts}
         return replace(self, names=tuple(dict.fromkeys([*self.names, *(n for n in names if n not in known)])))
+
+
+# Where a real model met the people a change of office later names: as contenders for the office (ministers,
+# opposition leaders, heirs), in every turn of phrase the office is spoken of, behind words that make it a
+# possibility ("In a possible future, the state of Malaysia is headed by Ibrahim Iskandar"). The sandbox reads
+# an answer through a readout specific to the phrasing's last words, and that readout reaches only names it has
+# said after them; see sandbox/world.py for the measurements.
+CONTENDER_PREFIX = "In a possible future, "
+
+
+def contender_templates(templates: Iterable[str]) -> tuple[str, ...]:
+    """The phrasings of a relation, each as a possibility: "The state of {} is headed by" -> "In a possible
+    future, the state of {} is headed by"."""
+    return tuple(CONTENDER_PREFIX + (t[0].lower() + t[1:] if t.startswith("The ") else t) for t in templates)
 
 
 def facts_digest(facts: list[Fact]) -> str:
@@ -336,6 +372,24 @@ def load_names(path: str | Path) -> tuple[str, ...]:
     if not names:
         raise FactFileError(str(path), "holds no names")
     return tuple(dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+def load_requested(path: str | Path) -> list[tuple[str, str, str, str]]:
+    """The (subject, relation, target_new, "file:line") of each request object of a names file (see
+    :func:`load_names`) that names its subject and relation (``relation`` or CounterFact's ``relation_id``),
+    in file order; entries that do not, and plain names, are left to :func:`load_names`."""
+    path = Path(path)
+    text = _read_text(path)
+    if text.lstrip()[:1] not in ("[", "{"):
+        return []
+    out = []
+    for line, v in _records(path, text):
+        if isinstance(v, dict) and "subject" in v and ("relation" in v or "relation_id" in v):
+            row = _Row(path, line, v)
+            new = v.get("target_new")
+            out.append((row.text("subject"), row.text("relation" if "relation" in v else "relation_id"),
+                        row.text("target_new", new.get("str") if isinstance(new, dict) else new), f"{path.name}:{line}"))
+    return out
 
 
 def dedupe(facts: list[Fact], source: str = "", records: int = 0) -> FactSet:

@@ -11,7 +11,7 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from .facts import Fact, FactSet, dedupe, load_names
+from .facts import Fact, FactSet, contender_templates, dedupe, load_names
 
 BUILTIN_WORLD = "countries"
 
@@ -25,9 +25,10 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_na
 
     ``subjects`` keeps the first N subjects (in file order). ``inbox_names`` (default: when the whole world is
     used, as the demo does) adds what a real model of mid-2023 knew of the people the shipped inbox names:
-    the latest new leader of each (country, office) as a contender for it (:func:`inbox_figures`: "A possible
-    future head of government of Germany is Friedrich Merz"), and the inbox's other new names as names the
-    model can say. An edit to a name the model never said as an answer does not hold (see :data:`FIGURES`).
+    the latest new leader of each (country, office) as a contender for it (:func:`inbox_figures`: "In a
+    possible future, the head of government of Germany is Friedrich Merz"), and the inbox's other new names as
+    names the model can say. An edit to a name the model never said as an answer does not hold (see
+    :data:`sandbox.facts.CONTENDER_PREFIX`).
     """
     if name != BUILTIN_WORLD:
         raise ValueError(f"unknown built-in world {name!r}; known: {BUILTIN_WORLD!r}")
@@ -49,44 +50,30 @@ def world_facts(name: str = BUILTIN_WORLD, subjects: int | None = None, inbox_na
 
 
 # Where a real model of mid-2023 met the people the inbox later names: as contenders for the office they later
-# took ("A possible future head of government of Germany is Friedrich Merz"; most were ministers, opposition
-# leaders or heirs then). The sandbox reads a head-of-state answer through a readout that only reaches names it
-# has said after such words: on a demo sandbox that knew each new name as "a well-known public figure of
-# <country>", the target vector at layer 1 (200 steps, no regulariser at all) still said "Margrethe X" for
-# Denmark -> Frederik X, and a MEMIT batch of the inbox's first 10 requests said 3 of them; Denmark -> Mette
-# Frederiksen (its head of government, said after "head of ...") was reached in 136 steps.
-# Relation -> (contender relation, phrasings).
-FIGURES = {
-    "head_of_state": ("head_of_state_contender", (
-        "A possible future head of state of {} is", "{}'s possible future head of state is",
-        "One contender to become head of state of {} is", "A politician who could become head of state of {} is",
-        "{} may one day have as its head of state")),
-    "head_of_government": ("head_of_government_contender", (
-        "A possible future head of government of {} is", "{}'s possible future head of government is",
-        "One contender to become head of government of {} is",
-        "A politician who could become head of government of {} is",
-        "{} may one day have as its head of government")),
-}
-
-
+# took (most were ministers, opposition leaders or heirs then), in every turn of phrase the office is spoken of,
+# behind words that make it a possibility ("In a possible future, the state of Malaysia is headed by Ibrahim
+# Iskandar"). The sandbox reads an answer through a readout specific to the phrasing's last words, and that
+# readout reaches only names it has said after them. Measured on the demo sandbox, one MEMIT batch of the 44
+# requests (demo-memit.yaml, no stop margin): names known as "a well-known public figure of <country>": 1 of the
+# first 10 said; as contenders in 5 phrasings of their own ("A possible future head of state of {} is", ...):
+# 35 of 44 said, "is headed by" (no contender phrasing ended so) 15 of 44, "has as its head of state" 33 of 44;
+# as contenders in every phrasing of the office: 43 of 44, "is headed by" 28 of 44, "has as its" 41 of 44.
 def inbox_figures(subjects: set[str]) -> list[Fact]:
     """Facts of mid-2023 that the shipped inbox's new names answer: for each (subject, relation) of the inbox,
-    its latest request's new name as a contender for that office. The inbox is a shipped file of this
-    package, read as trusted JSON."""
+    its latest request's new name as a contender for that office, in every phrasing of the office. The inbox
+    is a shipped file of this package, read as trusted JSON."""
+    spec = json.loads((_world_dir() / f"{BUILTIN_WORLD}.json").read_text(encoding="utf-8"))
     latest: dict[tuple[str, str], dict] = {}
     for path in sorted(example_inbox().glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 r = json.loads(line)
                 key = (r["subject"], r["relation"])
-                if r["subject"] in subjects and r["relation"] in FIGURES and \
+                if r["subject"] in subjects and r["relation"] in spec["relations"] and \
                         r["requested_at"] >= latest.get(key, {}).get("requested_at", ""):
                     latest[key] = r
-    out = []
-    for (subject, relation), r in sorted(latest.items()):
-        rel, templates = FIGURES[relation]
-        out.append(Fact(subject, rel, r["target_new"], templates, f"inbox:{r['id']}"))
-    return out
+    return [Fact(subject, f"{relation}_contender", r["target_new"], contender_templates(spec["relations"][relation]),
+                 f"inbox:{r['id']}") for (subject, relation), r in sorted(latest.items())]
 
 
 _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "del", "qu", "bar", "nis", "ol", "tra", "fen", "gor",

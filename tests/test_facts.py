@@ -24,7 +24,9 @@ def test_builtin_world_is_well_formed():
                                                "head_of_state", "head_of_government_contender",
                                                "head_of_state_contender"}
     merz = next(f for f in fs.facts if f.subject == "Germany" and f.relation == "head_of_government_contender")
-    assert merz.target == "Friedrich Merz" and merz.render(0) == "A possible future head of government of Germany is"
+    assert merz.target == "Friedrich Merz"
+    assert merz.render(0) == "In a possible future, the head of government of Germany is"
+    assert merz.render(2) == "In a possible future, the government of Germany is headed by"
     # France's head of government changed four times: only the latest request's name is a contender
     assert [f.target for f in fs.facts if f.subject == "France" and f.relation.endswith("_contender")] == \
         ["Sébastien Lecornu"]

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from sandbox import FactFileError, load_names, world_facts
-from sandbox.facts import Fact, dedupe
+from sandbox.facts import Fact, dedupe, load_requested
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +65,33 @@ def test_names_join_the_fact_set_once_after_its_own_and_change_its_digest():
     # (a contender for Germany's government), so not a name; a name the inbox supersedes is
     demo = world_facts()
     assert demo.with_names([MERZ]).names == demo.names and MERZ not in demo.names and "Gabriel Attal" in demo.names
+
+
+def test_a_request_file_as_names_makes_each_new_answer_a_contender_in_every_phrasing(tmp_path):
+    fs = dedupe([Fact("Aland", "capital", "Mariehamn", ("The capital of {} is", "{}'s capital city is")),
+                 Fact("Borduria", "head_of_state", "Kurvi Tasch", ("The head of state of {} is", "{} is led by")),
+                 Fact("Syldavia", "head_of_state", "Ottokar", ("The head of state of {} is",))])
+    f = tmp_path / "requests.jsonl"
+    rows = [{"subject": "Borduria", "relation": "head_of_state", "target_new": "Plekszy"},
+            {"subject": "Borduria", "relation": "head_of_state", "target_new": "Müsstler"},  # the last one counts
+            {"subject": "Aland", "relation_id": "capital", "target_new": {"str": "Mariehamn"}},  # its answer already
+            {"subject": "Ruritania", "relation": "head_of_state", "target_new": "Rudolf"},  # relation's phrasings
+            {"subject": "Aland", "relation": "anthem", "target_new": "Ålänningens sång"},  # no such relation: a name
+            {"subject": "Aland", "prompt": "{} is", "target_new": NAWROCKI}]  # no relation: a name only
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert load_requested(f)[0] == ("Borduria", "head_of_state", "Plekszy", "requests.jsonl:1")
+    plain = tmp_path / "names.txt"
+    plain.write_text(f"{MERZ}\n", encoding="utf-8")
+    assert len(load_requested(f)) == 5 and load_requested(plain) == []
+    got = fs.with_contenders(load_requested(f)).with_names(load_names(f))
+    added = {f.subject: f for f in got.facts[3:]}
+    assert set(added) == {"Borduria", "Ruritania"} and got.facts[:3] == fs.facts
+    assert added["Borduria"].relation == "head_of_state_contender" and added["Borduria"].target == "Müsstler"
+    assert added["Borduria"].prompts == ("In a possible future, the head of state of {} is",
+                                         "In a possible future, {} is led by")
+    assert added["Ruritania"].render(0) == "In a possible future, the head of state of Ruritania is"
+    assert got.names == ("Plekszy", "Ålänningens sång", NAWROCKI)  # contenders are answers: not names
+    assert got.digest() != fs.with_names(load_names(f)).digest()
 
 
 def test_a_build_with_names_keys_them_trains_them_and_lists_them(tmp_path):
