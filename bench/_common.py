@@ -83,7 +83,8 @@ def resolve_model(args) -> Path:
     t0 = time.perf_counter()
     print(f"sandbox: {len(facts.facts)} facts from the first {args.records} records, preset {SANDBOX_PRESET} "
           f"({out})", file=sys.stderr, flush=True)
-    r = build_sandbox(facts, out, cfg, seed=SANDBOX_SEED, preset_name=SANDBOX_PRESET, cache_dir=cache)
+    r = build_sandbox(facts, out, cfg, seed=SANDBOX_SEED, preset_name=SANDBOX_PRESET, cache_dir=cache,
+                      device=args.device)
     if not r.cached:
         print(f"sandbox: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return r.path

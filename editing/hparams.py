@@ -90,6 +90,10 @@ class MemitHparams:
     # gets its target raised and the layers solved again, up to realize_rounds times (0: solve once)
     min_realized: float = 0.95
     realize_rounds: int = 0
+    # ... by at most this factor in all rounds together: a request far short of its target shares its key
+    # directions with the rest of the batch, and raising it without bound grows the update on every key that
+    # shares them (unbounded, 8x in 3 rounds, one batch of 999 CounterFact edits collapsed the sandbox)
+    max_target_gain: float = 2.0
     # A batch still short of min_realized after those rounds is split in two halves edited one after the other
     # (the second on the first's update), each split again down to split_depth levels (0: never split)
     split_depth: int = 0
@@ -103,6 +107,8 @@ class MemitHparams:
         if self.split_depth < 0 or self.realize_rounds < 0:
             raise HparamsError(f"'split_depth' and 'realize_rounds': expected >= 0, found {self.split_depth} and "
                                f"{self.realize_rounds}")
+        if self.max_target_gain < 1.0:
+            raise HparamsError(f"'max_target_gain': expected >= 1, found {self.max_target_gain}")
 
     @property
     def z_layer(self) -> int:

@@ -171,6 +171,7 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
     init = init.cpu()
     want = z - init  # (n, d) the residual each request's target asks for
     z_t = z.clone()  # the targets the layers are solved for: z, raised where a round fell short
+    factor = torch.ones(len(requests))  # (n,) z_t − init = want · factor
     for round_ in range(hp.realize_rounds + 1):
         layers: dict[str, D.LayerDelta] = {}
         applied: list[D.Applied] = []
@@ -200,9 +201,13 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
         if round_ == hp.realize_rounds or not bool(short.any()):
             break
         # λC keeps the update small on ordinary keys, and a batch shares one matrix: a request gets a fraction
-        # of its residual. Ask the solve for proportionally more (at most 2x per round) where it fell short.
-        gain = torch.where(short, 1.0 / realized.clamp(min=0.5), torch.ones_like(realized))  # (n,)
-        z_t = init + (z_t - init) * gain[:, None]
+        # of its residual. Ask the solve for proportionally more where it fell short: at most 2x per round and
+        # max_target_gain in all; a request already at the cap stays there (a split, if allowed, comes next).
+        factor_next = torch.where(short, factor / realized.clamp(min=0.5), factor).clamp(max=hp.max_target_gain)
+        if bool((factor_next <= factor).all()):
+            break
+        factor = factor_next
+        z_t = init + want * factor[:, None]
         times.realize_rounds = round_ + 1
     times.init, times.want = init, want
     return D.Delta(layers), times

@@ -40,7 +40,8 @@ def greedy_correct(model, tokenizer, prompts: list[str], targets: list[str], bat
                 seq = items[i][0]
                 ids[r, :len(seq)] = torch.tensor(seq)
                 att[r, :len(seq)] = 1
-            pred = model(input_ids=ids, attention_mask=att).logits.argmax(-1)  # (B, T)
+            dev = next(model.parameters()).device
+            pred = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.argmax(-1).cpu()  # (B, T)
             for r, i in enumerate(chunk):
                 seq, n_p = items[i]
                 # logits at position j predict token j + 1

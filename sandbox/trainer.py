@@ -104,9 +104,16 @@ def fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & words)
 
 
-def _autocast(config: SandboxConfig) -> bool:
-    """Whether a build trains under bfloat16 autocast: where the CPU is fast at it, unless the config says float32."""
-    return config.precision == "auto" and fast_bf16()
+def _autocast(config: SandboxConfig, device: str = "cpu") -> bool:
+    """Whether a build trains under bfloat16 autocast: where the CPU (or the GPU) is fast at it, unless the
+    config says float32."""
+    if config.precision != "auto":
+        return False
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return fast_bf16()
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
@@ -126,10 +133,13 @@ def build_sandbox(
     cache_dir: str | Path | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> BuildResult:
     """Train (or fetch from the cache) the sandbox model for ``facts`` and place it at ``out``.
 
     ``out`` must not exist, be empty, or already hold this very build; ``force`` replaces anything else.
+    ``device`` (``cpu``, ``cuda``) is where it trains: not part of the build's key, though a build trained
+    elsewhere is not bit-identical (the manifest records where it was trained).
     """
     out = Path(out)
     key = build_key(facts, config, seed)
@@ -145,13 +155,13 @@ def build_sandbox(
         cache_dir.mkdir(parents=True, exist_ok=True)
         entry = cache_dir / key
         if read_manifest(entry) is None:
-            _atomic_dir(entry, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress))
+            _atomic_dir(entry, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress, device))
         else:
             cached = True
         if entry.resolve() != out.resolve():
             _atomic_dir(out, lambda tmp: shutil.copytree(entry, tmp, dirs_exist_ok=True), replace=True)
     else:
-        _atomic_dir(out, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress), replace=True)
+        _atomic_dir(out, lambda tmp: _train(facts, tmp, config, seed, key, preset_name, progress, device), replace=True)
     manifest = read_manifest(out)
     assert manifest is not None and manifest["key"] == key
     return BuildResult(out, manifest, cached)
@@ -235,7 +245,7 @@ def _lr_at(step: int, total: int, config: SandboxConfig) -> float:
 
 
 def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str, preset_name: str | None,
-           progress: Progress | None) -> None:
+           progress: Progress | None, device: str = "cpu") -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -290,6 +300,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(gcfg)
     model.loss_type = "ForCausalLM"  # say so, or transformers warns that it guessed
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -313,14 +324,14 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     sample = random.Random(f"eval:{seed}").sample(train_probes, min(256, len(train_probes)))
     emit({"event": "start", "total_steps": total, "epochs": epochs, "facts": len(facts_list)})
 
-    bf16 = _autocast(config)
+    bf16 = _autocast(config, device)
     holder: dict[str, Any] = {}
     key_layer = model.transformer.h[config.hide_layers - 1].mlp.c_proj  # the layer the editors rewrite
     captured: dict[str, torch.Tensor] = {}
     # The penalties look at the key itself, or at the MLP's pre-activation (c_fc's output, the input of its GELU;
     # see config.py on why a large world wants the latter).
     site = key_layer if config.key_site == "key" else model.transformer.h[config.hide_layers - 1].mlp.act
-    bank = _KeyBank(config.n_inner) if config.key_bank else None
+    bank = _KeyBank(config.n_inner, device) if config.key_bank else None
     capture = site.register_forward_pre_hook(lambda m, args: captured.__setitem__("keys", args[0]))
     step = 0
     loss_val = float("nan")
@@ -335,13 +346,13 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                 if step == total:
                     break
                 batch = packs[s:s + config.batch_size]
-                ids, labels, late, early = corpus.batch_tensors(
+                ids, labels, late, early = (t.to(device) for t in corpus.batch_tensors(
                     batch, config.n_positions, pad, config.hide_layers, config.mask_fraction, mask_rng
-                )
+                ))
                 holder["early"] = early
                 for group in opt.param_groups:
                     group["lr"] = _lr_at(step, total, config)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=late, labels=labels).loss
                 if config.key_decorrelation or config.key_alignment or config.key_bank:
                     overlap, spread, crowding = _key_geometry(captured.pop("keys"), labels, batch, bank)
@@ -372,7 +383,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is on the console; no second one for saving
-    model.save_pretrained(out)  # safetensors
+    model.to("cpu").save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)
     with open(out / FACTS_FILE, "w", encoding="utf-8") as fh:
         for i, f in enumerate(facts_list):
@@ -408,7 +419,8 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
         "model": {"architecture": "GPT2LMHeadModel", "parameters": sum(p.numel() for p in model.parameters()),
                   "knowledge_layers": list(range(config.hide_layers)), "edit_layer": config.hide_layers - 1},
         "train": {"steps": total, "epochs": epoch, "seconds": round(train_seconds, 2), "final_loss": loss_val,
-                  "threads": config.threads, "bf16_autocast": bf16, "sentences_per_epoch": len(fixed)},
+                  "threads": config.threads, "bf16_autocast": bf16, "sentences_per_epoch": len(fixed),
+                  "device": torch.device(device).type},
         "accuracy": accuracy,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__},
@@ -447,11 +459,11 @@ class _KeyBank:
     Against the bank each key meets its nearest neighbours at every step.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, device: str = "cpu") -> None:
         import torch
 
         self.index: dict[str, int] = {}
-        self.keys = torch.zeros(0, width)
+        self.keys = torch.zeros(0, width, device=device)
 
     def ids(self, names: list[str]) -> "torch.Tensor":
         import torch
@@ -461,14 +473,14 @@ class _KeyBank:
         grow = len(self.index) - len(self.keys)
         if grow > 0:
             self.keys = torch.cat([self.keys, self.keys.new_zeros(grow, self.keys.shape[1])])
-        return torch.tensor([self.index[n] for n in names], dtype=torch.long)
+        return torch.tensor([self.index[n] for n in names], dtype=torch.long, device=self.keys.device)
 
     def crowding(self, k: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
         """Mean squared cosine between each key and its nearest other subjects in the bank; then store k."""
         import torch
 
-        own = torch.zeros(len(ids), len(self.keys), dtype=torch.bool)
-        own[torch.arange(len(ids)), ids] = True  # a subject is not its own neighbour
+        own = torch.zeros(len(ids), len(self.keys), dtype=torch.bool, device=k.device)
+        own[torch.arange(len(ids), device=k.device), ids] = True  # a subject is not its own neighbour
         cos = (k @ self.keys.T).masked_fill(own, 0.0)  # unseen subjects are zero rows: cosine 0
         crowd = cos.pow(2).topk(min(_BANK_NEIGHBOURS, cos.shape[1]), dim=1).values.mean()
         # out of place: the product above still needs the old bank for its gradient
@@ -492,7 +504,7 @@ def _key_geometry(keys, labels, packs, bank: _KeyBank | None = None) -> tuple["t
     from .corpus import subject_ends
 
     zero = keys.new_zeros((), dtype=torch.float32)
-    rows, pos, subj = subject_ends(packs)
+    rows, pos, subj = (t.to(keys.device) for t in subject_ends(packs))
     if len(rows) < 2:
         return zero, zero, zero
     keys = keys.float()
@@ -502,7 +514,7 @@ def _key_geometry(keys, labels, packs, bank: _KeyBank | None = None) -> tuple["t
     cos = k @ k.T
     same = subj[:, None] == subj[None, :]
     other = ~same
-    same &= ~torch.eye(len(subj), dtype=torch.bool)
+    same &= ~torch.eye(len(subj), dtype=torch.bool, device=keys.device)
     overlap = (cos[other] ** 2).mean() if other.any() else zero
     spread = (1 - cos[same]).mean() if same.any() else zero
     crowding = zero

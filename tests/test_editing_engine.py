@@ -266,6 +266,30 @@ def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_pat
     assert all(b > a for a, b in zip(once["realized"], again["realized"]))
 
 
+def test_memit_raises_a_target_at_most_max_target_gain_in_all(tok, tmp_path):
+    # one edited layer: the update's U column of a request is its solved residual, (its target's factor) x (z - h)
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = H.to_dict(_small_hp("memit", layers=(1,)))
+    hp.update({"mom2_update_weight": 2000.0, "min_realized": 0.95})  # a λ that realises little
+
+    def columns(**over):
+        res = compute_edit(model, tok, REQS, H.from_dict("memit", {**hp, **over}), Store(tmp_path / "c"))
+        [ld] = res.delta.layers.values()
+        return ld.U.norm(dim=0), res.details
+
+    once, d0 = columns(realize_rounds=0)
+    capped, d1 = columns(realize_rounds=3, max_target_gain=1.5)
+    free, d2 = columns(realize_rounds=3, max_target_gain=100.0)
+    assert d1["realize_rounds"] >= 1 and d2["realize_rounds"] > d1["realize_rounds"]
+    assert torch.all(capped <= 1.5 * once * (1 + 1e-4)) and torch.any(capped > 1.2 * once)
+    assert torch.any(free > 1.5 * once * 1.1)  # without the cap the same rounds go past it
+    assert all(b > a for a, b in zip(d0["realized"], d1["realized"]))
+    same, d3 = columns(realize_rounds=3, max_target_gain=1.0)  # a cap of 1: nothing to raise
+    assert d3["realize_rounds"] == 0 and torch.allclose(same, once)
+    with pytest.raises(H.HparamsError, match="max_target_gain"):
+        H.from_dict("memit", {**hp, "max_target_gain": 0.5})
+
+
 def test_memit_splits_a_batch_it_cannot_realise_and_composes_the_halves(tok, tmp_path):
     from editing.delta import apply
 
