@@ -21,8 +21,8 @@ against the true one. efficacy = share of edits with p_new > p_true on the edite
 same on the rephrased prompt, neighbourhood = share of neighbour prompts where the neighbour's own truth
 still beats the new target; all three also before the edit, and top-1 (greedy decoding gives the new
 target) after. The same three scores are also given over the requests whose new target is an answer the
-sandbox was trained to give (``*_trained_target``, ``trained_target_share``): many CounterFact
-counterfactuals are words the sandbox never says. Times are compute_edit's phases per edit;
+sandbox was trained to give (``*_trained_target``, ``trained_target_share``; greedy efficacy and paraphrase
+too): many CounterFact counterfactuals are words the sandbox never says. Times are compute_edit's phases per edit;
 edits/s = edits / compute seconds; peak memory is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
 
 What the model *says*, as the gate judges it (greedy decoding begins with the answer, validation.answers.says):
@@ -185,6 +185,14 @@ def main() -> None:
             qk = C.summarize(C.merge_scores(befores[i] for i in keep), C.merge_scores(afters[i] for i in keep))
             q.update({"trained_target_share": round(len(keep) / n, 4),
                       **{f"{k}_trained_target": qk[k] for k in ("efficacy", "paraphrase", "neighbourhood")}})
+            # greedy too: the rewrite probes are one per request, the paraphrase probes each request's in order
+            said = [x for p in greedy_parts for x in p["rewrite"]]
+            said_para = [x for p in greedy_parts for x in p["paraphrase"]]
+            owner = [i for i, r in enumerate(edited) for _ in r.paraphrase_prompts]
+            assert len(said) == n and len(said_para) == len(owner), "greedy probes out of step with the requests"
+            trained = set(keep)
+            q.update({"efficacy_greedy_trained_target": C._share([said[i] for i in keep]),
+                      "paraphrase_greedy_trained_target": C._share([x for x, i in zip(said_para, owner) if i in trained])})
         row = {"case": case, "method": method, "engine": args.engine, "edits": n, "calls": len(groups),
                "batch_size": len(groups[0]) if method == "memit" else (n if case == "rome-seq" else 1),
                "short_batch": short, **q,
@@ -211,7 +219,9 @@ def main() -> None:
     print()
     C.table(rows, [("case", "case (new target trained)", ""), ("trained_target_share", "share", "%"),
                    ("efficacy_trained_target", "efficacy", "%"), ("paraphrase_trained_target", "paraphrase", "%"),
-                   ("neighbourhood_trained_target", "neighbours", "%")])
+                   ("neighbourhood_trained_target", "neighbours", "%"),
+                   ("efficacy_greedy_trained_target", "eff. greedy", "%"),
+                   ("paraphrase_greedy_trained_target", "para. greedy", "%")])
     print()
     C.table(rows, [("case", "case (s per edit)", ""), ("s_per_edit_templates", "templates", "s"),
                    ("s_per_edit_stats", "stats", "s"), ("s_per_edit_keys", "keys", "s"),
