@@ -191,12 +191,6 @@ def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, 
     return {i: (sums[i], count) for i in layers}
 
 
-def second_moment(model: nn.Module, layer: int, corpus: Corpus, store: Store, dtype: str = "float32",
-                  progress: Progress | None = None) -> torch.Tensor:
-    """C = E[k kᵀ] (float64, on the CPU) for ``layer``, from the cache or computed."""
-    return second_moments(model, [layer], corpus, store, dtype, progress)[layer]
-
-
 def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: Store, dtype: str = "float32",
                    progress: Progress | None = None) -> dict[int, torch.Tensor]:
     """C for each layer; the layers missing from the cache are computed together in one pass."""

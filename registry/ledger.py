@@ -37,8 +37,6 @@ FORMAT = "factsmith.ledger/1"
 GENESIS = "0" * 64
 REQUEST_STATES = ("quarantined", "applied", "rejected", "superseded", "reverted")
 MODEL_EVENTS = ("base", "promoted", "rollback", "run")  # run: a pipeline run's commit (its inbox files)
-REQUEST_FIELDS = ("request_id", "content_hash", "subject", "relation", "prompt", "old", "new", "requested_by",
-                  "source", "reason", "requested_at")
 
 
 def ledger_dir() -> Path:

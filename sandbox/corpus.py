@@ -183,7 +183,7 @@ def profiles(facts: list[Fact], rng: random.Random) -> list[tuple[str, tuple[int
 # (measured on the demo sandbox: a rank-one part of norm 26-55 against the edited matrix's 17.5) that the
 # edited model says p(new) > p(old) but greedily another name.
 NAME_FRAMES = ("The name is {}.", "This person is {}.")
-NAMES_FORMAT = 2  # part of a FactSet's digest when it has names: 1 = lists only, 2 = lists and frames
+NAMES_FORMAT = 2  # part of a build's key when its facts have names: 1 = lists only, 2 = lists and frames
 
 
 def name_lines(names: tuple[str, ...], rng: random.Random, per_line: int = 6) -> list[tuple[str, None, None]]:

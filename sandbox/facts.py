@@ -274,9 +274,7 @@ class FactSet:
         d = facts_digest(self.facts)
         if not self.names:
             return d
-        from .corpus import NAMES_FORMAT  # how names are trained changes the build
-
-        return hashlib.sha256(json.dumps([d, list(self.names), NAMES_FORMAT], ensure_ascii=False).encode("utf-8")).hexdigest()
+        return hashlib.sha256(json.dumps([d, list(self.names)], ensure_ascii=False).encode("utf-8")).hexdigest()
 
     def with_contenders(self, requested: Iterable[tuple[str, str, str, str]]) -> "FactSet":
         """A copy that also knows each requested (subject, relation, name, origin) as a contender for that

@@ -71,6 +71,10 @@ def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
     }
+    if facts.names:  # how names are trained changes the build
+        from .corpus import NAMES_FORMAT
+
+        payload["names_format"] = NAMES_FORMAT
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

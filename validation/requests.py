@@ -26,7 +26,6 @@ from typing import Any
 # The scalar text fields of a request, in the order of the native JSONL contract (../shared/DESIGN.md).
 TEXT_FIELDS = ("id", "subject", "prompt", "target_new", "target_true", "relation", "source", "requested_by",
                "reason", "requested_at")
-REQUIRED_FIELDS = ("id", "subject", "prompt", "target_new")
 # Probe lists: full prompts (subject filled in); neighbours, portability and attribute probes carry their
 # expected answer.
 LIST_FIELDS = ("paraphrase_prompts", "neighborhood_prompts", "portability_prompts", "attribute_prompts")
