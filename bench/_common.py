@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from registry.store import home  # noqa: F401 -- FACTSMITH_HOME, one rule for the whole tree
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACTSMITH_SHARED_DATA", REPO.parent / "shared" / "data"))
 COUNTERFACT = SHARED / "counterfact" / "counterfact-train.json"
@@ -32,12 +34,6 @@ SANDBOX_PRESET = "bench"
 SANDBOX_SEED = 0  # the sandbox build's seed; --seed only orders the requests
 
 log = logging.getLogger("bench")
-
-
-def home() -> Path:
-    """FACTSMITH_HOME (default ~/.factsmith), as flows.settings resolves it."""
-    raw = os.environ.get("FACTSMITH_HOME")
-    return Path(raw).expanduser() if raw else Path.home() / ".factsmith"
 
 
 def add_common_args(ap: argparse.ArgumentParser, out: Path) -> None:

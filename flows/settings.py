@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def home() -> Path:
-    """The state directory (created on first use)."""
-    raw = os.environ.get("FACTSMITH_HOME")
-    path = Path(raw).expanduser() if raw else Path.home() / ".factsmith"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from registry.store import home  # noqa: F401 -- the one rule for FACTSMITH_HOME, at the bottom of the order
 
 
 def cache_dir() -> Path:

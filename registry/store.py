@@ -36,8 +36,8 @@ EXPERIMENT_PREFIX = "factsmith/"
 
 
 def home() -> Path:
-    """``FACTSMITH_HOME`` (default ``~/.factsmith``), the rule of ``flows.settings``: the registry sits below
-    flows in the dependency order, so it reads the variable itself."""
+    """The state directory, ``FACTSMITH_HOME`` (default ``~/.factsmith``), created on first use. The one rule:
+    flows.settings and the benchmarks import it from here, the lowest layer that keeps state."""
     raw = os.environ.get("FACTSMITH_HOME")
     path = Path(raw).expanduser() if raw else Path.home() / ".factsmith"
     path.mkdir(parents=True, exist_ok=True)
