@@ -86,22 +86,11 @@ def resolve_model(args) -> Path:
     return r.path
 
 
-def load_model(model_dir: Path, device: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval().to(device)
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    return model, tok
-
-
 def load_hparams(paths: list[Path]) -> dict[str, Any]:
     """method -> hparams: the shipped sandbox presets, each replaced by a ``--hparams`` file for its method."""
-    from editing import hparams
+    from editing import hparams, methods
 
-    out = {m: hparams.default(m, "sandbox") for m in ("rome", "memit")}
+    out = {m: hparams.default(m, "sandbox") for m in methods.names()}
     for p in paths:
         try:
             hp = hparams.load(p)
@@ -193,6 +182,37 @@ def load_requests(path: Path, records: int, model_dir: Path, seed: int) -> Reque
     return RequestSet(out, len(rows), skipped)
 
 
+@dataclass
+class Bench:
+    """What an editing benchmark starts from: the sandbox, its model, the requests, the editing cache."""
+
+    model_dir: Path
+    model: Any
+    tokenizer: Any
+    requests: RequestSet
+    cache: Any  # editing.store.Cache
+
+
+def open_bench(args) -> Bench:
+    """The sandbox of ``--model`` (or built), loaded on ``--device``, with the valid requests of the first
+    ``--records`` records of ``--data`` (the run dies when there are none)."""
+    import torch
+
+    from editing import modeldir
+    from editing.store import Cache
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model_dir = resolve_model(args)
+    model, tok = modeldir.load(model_dir, args.device)
+    rs = load_requests(args.data, args.records, model_dir, args.seed)
+    if not rs.requests:
+        die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
+    print(f"requests: {len(rs.requests)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})",
+          file=sys.stderr)
+    return Bench(model_dir, model, tok, rs, Cache(args.cache if args.cache is not None else home() / "cache"))
+
+
 def trained_objects(model_dir: Path) -> set[str] | None:
     """Every answer the sandbox was trained to give (its facts.jsonl targets); None without a facts.jsonl.
 
@@ -277,20 +297,20 @@ def summarize(before: dict[str, list], after: dict[str, list]) -> dict[str, Any]
 
 
 def model_facts(model_dir: Path) -> list:
-    """The sandbox's facts about a subject (validation.probes.Fact: subject, prompt, target), [] without a
+    """The sandbox's facts about a subject (validation.gate.probes.Fact: subject, prompt, target), [] without a
     facts.jsonl."""
-    from validation.probes import model_facts as mf
+    from validation.gate.probes import model_facts as mf
 
     return [f for f in mf(model_dir) if f.subject]
 
 
 def with_probes(requests: list, pool: list, seed: int = 0) -> list:
-    """The requests as the pipeline edits them (validation.probes.for_editor): each with its subject's other
+    """The requests as the pipeline edits them (validation.gate.probes.for_editor): each with its subject's other
     facts to keep and a subject-first phrasing to train besides its prompt."""
     import dataclasses
     from types import SimpleNamespace
 
-    from validation.probes import keep_templates, rewrite_templates
+    from validation.gate.probes import keep_templates, rewrite_templates
 
     shims = [SimpleNamespace(subject=r.subject, relation=None, prompt=r.prompt, attribute_prompts=())
              for r in requests]
@@ -302,9 +322,9 @@ def with_probes(requests: list, pool: list, seed: int = 0) -> list:
 def catalogue_probes(model, tok, subjects: list[str], confidence: float = 0.5) -> list[tuple[str, str]]:
     """(prompt, the base model's answer) for the relation catalogue's first phrasing of each relation about each
     subject, where the base model's first token is at least ``confidence`` likely: the gate's subject probes for
-    a subject the model ships no other facts about (validation.gate, ``probe_confidence``)."""
+    a subject the model ships no other facts about (validation.gate.metrics, ``probe_confidence``)."""
     from flows.ask import answers
-    from validation.probes import catalogue
+    from validation.gate.probes import catalogue
 
     prompts = [t[0].replace("{}", s, 1) for s in subjects for t in catalogue().values()]
     if not prompts:
@@ -314,9 +334,9 @@ def catalogue_probes(model, tok, subjects: list[str], confidence: float = 0.5) -
 
 
 def greedy_says(model, tok, prompts: list[str], targets: list[str]) -> list[bool]:
-    """Whether the greedy answer to each prompt says its target (validation.answers.says, the gate's test)."""
+    """Whether the greedy answer to each prompt says its target (validation.gate.answers.says, the gate's test)."""
     from flows.ask import answers
-    from validation.answers import says
+    from validation.gate.answers import says
 
     if not prompts:
         return []

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench._common import RESULTS, home
+from editing import methods
 
 
 def _requests(facts, n: int) -> list[dict]:
@@ -48,7 +49,7 @@ def _requests(facts, n: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,100")
-    ap.add_argument("--method", choices=("rome", "memit"), default="memit")
+    ap.add_argument("--method", choices=methods.names(), default=methods.DEFAULT)
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]

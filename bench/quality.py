@@ -25,15 +25,15 @@ sandbox was trained to give (``*_trained_target``, ``trained_target_share``; gre
 too): many CounterFact counterfactuals are words the sandbox never says. Times are compute_edit's phases per edit;
 edits/s = edits / compute seconds; peak memory is the case's peak RSS (CPU) or peak allocated CUDA memory. Rows of cases not run are kept in the file.
 
-What the model *says*, as the gate judges it (greedy decoding begins with the answer, validation.answers.says):
+What the model *says*, as the gate judges it (greedy decoding begins with the answer, validation.gate.answers.says):
 ``efficacy_greedy`` and ``paraphrase_greedy`` (the new target), and the shares of facts the base model said
 that the edited one still says: ``neighbourhood_greedy`` (the records' locality prompts), ``subject_locality``
 (the edited subjects' other facts in the sandbox's facts.jsonl: few, a CounterFact subject rarely has two
 records) and ``other_facts_kept`` (a seeded sample of ``--other-sample`` facts of subjects the call did not
-edit). ``realized_*``: MEMIT's realised share of each target residual (editing.memit.MemitTimes.realized).
+edit). ``realized_*``: MEMIT's realised share of each target residual (editing.methods.memit.solve.MemitTimes.realized).
 
 ``--engine after`` (default) edits as the pipeline does since issue 20: the shipped sandbox presets, each
-request with its subject's other facts to keep and a subject-first phrasing (validation.probes.keep_templates,
+request with its subject's other facts to keep and a subject-first phrasing (validation.gate.probes.keep_templates,
 rewrite_templates). ``--engine before``: the presets as they were before it (``bench/hparams/*-before-issue20``:
 the loss stop, 120 steps) and the bare requests; results go to ``quality_before.json`` unless ``--out`` says.
 ``--batches N`` edits at most N batches (MEMIT) or N requests (ROME) of each case.
@@ -82,25 +82,15 @@ def main() -> None:
         C.die(f"unknown case(s) {', '.join(bad)}; choose from {', '.join(CASES)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import torch
-
     from editing import delta as D
     from editing.engine import compute_edit
     from editing.hparams import to_dict
-    from editing.store import Store
-    from sandbox.trainer import model_corpus
+    from editing.modeldir import model_corpus
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     hps = C.load_hparams(args.hparams)
-    model_dir = C.resolve_model(args)
-    model, tok = C.load_model(model_dir, args.device)
-    rs = C.load_requests(args.data, args.records, model_dir, args.seed)
+    bench = C.open_bench(args)
+    model_dir, model, tok, rs, store = bench.model_dir, bench.model, bench.tokenizer, bench.requests, bench.cache
     reqs = rs.requests
-    if not reqs:
-        C.die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
-    print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
-    store = Store(args.cache if args.cache is not None else C.home() / "cache")
     base_hash = D.weights_sha256(model)
     corpus = model_corpus(model_dir)  # a sandbox's training text, as factsmith edit uses
     known = C.trained_objects(model_dir)

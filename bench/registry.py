@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench._common import RESULTS, home
+from editing import methods
 
 NAME = "demo"
 
@@ -47,7 +48,7 @@ def _chunks(items: list, n: int) -> list[list]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--versions", type=int, default=10, help="edit versions to register after the base")
-    ap.add_argument("--method", choices=("rome", "memit"), default="memit")
+    ap.add_argument("--method", choices=methods.names(), default=methods.DEFAULT)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "registry.json")
     args = ap.parse_args()
@@ -58,13 +59,13 @@ def main() -> None:
     from editing import hparams as H
     from editing.delta import apply, weights_sha256
     from editing.engine import compute_edit
-    from editing.store import Store as EditStore
+    from editing.modeldir import model_corpus
+    from editing.store import Cache
     from sandbox import build_sandbox, example_inbox, preset, world_facts
-    from sandbox.trainer import model_corpus
-    from validation.gate import run_gate
-    from validation.probes import fluency_text, for_editor, model_facts
-    from validation.report import write_reports
-    from validation.validate import validate_files
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import fluency_text, for_editor, model_facts
+    from validation.gate.report import write_reports
+    from validation.intake.validate import validate_files
 
     cache = home() / "cache"
     t0 = time.perf_counter()
@@ -103,7 +104,7 @@ def main() -> None:
         hp = H.load(H.builtin_path(args.method, "sandbox"), args.method)
         corpus = model_corpus(model_dir)
         pool, text = model_facts(model_dir), fluency_text(model_dir)
-        edit_store = EditStore(cache)
+        edit_store = Cache(cache)
         model, tok = load_hf(model_dir)
         rows = []
         for i, share in enumerate(shares, start=1):

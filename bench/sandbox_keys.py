@@ -59,12 +59,13 @@ def main() -> None:
 
     import torch
 
+    from editing import modeldir
     from editing.arch import n_layers, spec_for
     from editing.targets import keys
 
     torch.set_num_threads(args.threads)
     model_dir = C.resolve_model(args)
-    model, tok = C.load_model(model_dir, args.device)
+    model, tok = modeldir.load(model_dir, args.device)
     rs = C.load_requests(args.data, args.records, model_dir, args.seed)
     seen, reqs = set(), []
     for r in rs.requests:

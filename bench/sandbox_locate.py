@@ -6,7 +6,7 @@ For pairs of subjects (A, B) of one relation with different objects, run B's pro
 activation at one position with its value from A's run (same phrasing). If the prediction switches to A's
 object, that activation carries the fact. Sites: the MLP output and the whole residual stream (block
 output), at B's subject-last token and at the prompt's last token, for every layer. ROME/MEMIT need the
-facts in the MLP output at the subject's last token. (A first look before issue 3's causal tracer.)
+facts in the MLP output at the subject's last token. (A first look, simpler than causal tracing: editing.locate.)
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from editing import modeldir
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    facts = [json.loads(x) for x in (args.model / "facts.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
+    model, tok = modeldir.load(args.model)
+    facts = [json.loads(x) for x in (args.model / modeldir.FACTS_FILE).read_text(encoding="utf-8").split("\n") if x.strip()]
     facts = [f for f in facts if f["subject"] is not None]
     by_rel: dict[str, list[dict]] = {}
     for f in facts:

@@ -16,7 +16,7 @@ Cases (same model and requests as bench/quality.py):
   (MEMIT's layers, the hparams' sample count and length) against a plain ``model(input_ids,
   attention_mask)`` forward pass under ``no_grad`` over the same batches with the same padding; best of
   ``--repeat`` runs each, interleaved. Also the seconds to sample the corpus itself.
-* ``phases-100``: compute_edit's phases for one MEMIT batch of 100 on a cold temporary Store (templates,
+* ``phases-100``: compute_edit's phases for one MEMIT batch of 100 on a cold temporary Cache (templates,
   corpus and statistics really computed), plus its quality.
 
 A sandbox with fewer valid records than a batch gets one shorter batch (``short_batch``). Rows of cases
@@ -59,25 +59,16 @@ def main() -> None:
         wanted.discard("targets-1000")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import torch
-
     from editing import delta as D
     from editing.engine import compute_edit
     from editing.hparams import to_dict, with_changes
-    from editing.store import Store
-    from sandbox.trainer import model_corpus
+    from editing.modeldir import model_corpus
+    from editing.store import Cache
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     hp = C.load_hparams(args.hparams)["memit"]
-    model_dir = C.resolve_model(args)
-    model, tok = C.load_model(model_dir, args.device)
-    rs = C.load_requests(args.data, args.records, model_dir, args.seed)
+    bench = C.open_bench(args)
+    model_dir, model, tok, rs, store = bench.model_dir, bench.model, bench.tokenizer, bench.requests, bench.cache
     reqs = rs.requests
-    if not reqs:
-        C.die(f"no usable requests in the first {args.records} records of {args.data} ({rs.skipped})")
-    print(f"requests: {len(reqs)} valid of {rs.records} records (skipped: {rs.skipped or 'none'})", file=sys.stderr)
-    store = Store(args.cache if args.cache is not None else C.home() / "cache")
     base_hash = D.weights_sha256(model)
 
     def edit_and_score(batch, h, st):
@@ -130,7 +121,7 @@ def main() -> None:
         print(f"phases-100: {len(batch)} requests, cold store", file=sys.stderr, flush=True)
         before = C.merge_scores(C.score(model, tok, batch))
         with tempfile.TemporaryDirectory(prefix="bench-speed-store-") as tmp, C.PeakMemory(args.device) as mem:
-            res, after = edit_and_score(batch, hp, Store(tmp))
+            res, after = edit_and_score(batch, hp, Cache(tmp))
             peak = mem.read()
         q = C.summarize(before, after)
         row = {"case": "phases-100", "requests": len(batch), "short_batch": len(batch) < 100,
@@ -170,7 +161,7 @@ def main() -> None:
         "model": str(model_dir), "model_sha256": base_hash, "records": args.records, "seed": args.seed,
         "requests": rs.describe(), "cache": str(store.root), "hparams": to_dict(hp),
         "note": "times in seconds; targets-* compare only the targets phase (statistics cached by a warm-up); "
-                "stats: best of --repeat interleaved runs; phases-100 runs on a cold temporary Store"})
+                "stats: best of --repeat interleaved runs; phases-100 runs on a cold temporary Cache"})
     C.write_results(args.out, m, rows, CASES)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .store import Store
+from .store import Cache
 
 # The reference's start words; a model that cannot continue them still gets a usable prefix.
 START_WORDS = ("The", "Therefore", "Because", "I", "You")
@@ -77,7 +77,7 @@ def generate_templates(model: nn.Module, tokenizer, spec: tuple[tuple[int, int],
     return templates
 
 
-def context_templates(model: nn.Module, tokenizer, spec: tuple[tuple[int, int], ...], store: Store,
+def context_templates(model: nn.Module, tokenizer, spec: tuple[tuple[int, int], ...], store: Cache,
                       weights_hash: str, seed: int = 0) -> list[str]:
     """Cached :func:`generate_templates` (keyed by the weights hash, the spec and the seed)."""
     desc = {"kind": "context_templates", "weights": weights_hash, "spec": [list(s) for s in spec], "seed": seed,

@@ -1,12 +1,13 @@
-"""One entry point for every method: :func:`compute_edit` (requests → delta; the model is untouched).
+"""One entry point for every method of :mod:`editing.methods`: :func:`compute_edit` (requests → delta; the
+model is untouched).
 
     model, tok = load_model(dir)
     hp = hparams.default("memit", "sandbox")
-    result = compute_edit(model, tok, requests, hp, Store(home / "cache"))
+    result = compute_edit(model, tok, requests, hp, Cache(home / "cache"))
     applied = delta.apply(model, result.delta)       # and applied.revert() undoes it exactly
 
 The delta's metadata records what produced it: requests, hparams, base weights hash, statistics corpus,
-timings per phase. Context prefixes and covariance statistics come from the injected :class:`Store`.
+timings per phase. Context prefixes and covariance statistics come from the injected :class:`Cache`.
 """
 
 from __future__ import annotations
@@ -15,27 +16,26 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import delta as D
-from . import memit, rome
+from . import methods
 from .arch import spec_for
 from .context import context_templates
-from .hparams import Hparams, MemitHparams, RomeHparams, to_dict
+from .hparams import Hparams, to_dict
+from .methods.base import Event, Inputs
 from .requests import EditRequest, check_distinct
 from .stats import BUILTIN, Corpus, builtin_corpus, file_corpus, second_moments
-from .store import Store
+from .store import Cache
 
 log = logging.getLogger(__name__)
 
-# event(phase, detail) — progress for a CLI. Phases, in order: "templates" {}, "stats" {layers},
-# "stats_progress" {done, total} (only when statistics are computed), "targets" {requests}, then for ROME
-# "request" {done, total} after each request, for MEMIT "solve" {step: "targets" | "layer N"} after the
-# target vectors and after each layer's update.
-Event = Callable[[str, dict[str, Any]], None]
+# on_event(phase, detail): progress for a CLI. Phases, in order: "templates" {}, "stats" {layers},
+# "stats_progress" {done, total} (only when statistics are computed), "targets" {requests}, then the method's
+# own events (editing.methods.Method.events).
 
 
 @dataclass
@@ -43,9 +43,10 @@ class EditResult:
     delta: D.Delta
     timings: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
+    state: Any = None  # the method's state after this edit (stateful methods; pass it to the next edit)
 
 
-def stats_corpus(model: nn.Module, tokenizer, hp: Hparams, store: Store, files: list[Path] | None = None,
+def stats_corpus(model: nn.Module, tokenizer, hp: Hparams, store: Cache, files: list[Path] | None = None,
                  weights_hash: str | None = None) -> Corpus:
     """The statistics corpus: ``files`` if given, else the built-in model samples (cached by weights hash)."""
     if files:
@@ -64,19 +65,23 @@ def stats_corpus(model: nn.Module, tokenizer, hp: Hparams, store: Store, files: 
 
 
 def edit_layers(hp: Hparams) -> list[int]:
-    return [hp.layer] if isinstance(hp, RomeHparams) else list(hp.layers)
+    return methods.of(hp).layers(hp)
 
 
-def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Hparams, store: Store,
-                 corpus_files: list[Path] | None = None, on_event: Event | None = None) -> EditResult:
-    """Compute the delta of ``requests`` with ``hp``'s method. ``model`` is the same, bit for bit, on return."""
+def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Hparams, store: Cache,
+                 corpus_files: list[Path] | None = None, on_event: Event | None = None,
+                 state: Any = None) -> EditResult:
+    """Compute the delta of ``requests`` with ``hp``'s method. ``model`` is the same, bit for bit, on return.
+
+    ``state``: what a stateful method carried out of the edit that produced ``model`` (None at the first)."""
     if not requests:
         raise ValueError("no requests to edit")
-    if isinstance(hp, MemitHparams):
+    method = methods.of(hp)
+    if method.distinct_keys:
         check_distinct(requests)  # before any expensive work
     emit = on_event or (lambda phase, detail: None)
     spec = spec_for(model)
-    layers = edit_layers(hp)
+    layers = method.layers(hp)
     n_layers = len(model.get_submodule(spec.layers))
     bad = [x for x in layers if x >= n_layers]
     if bad:
@@ -91,29 +96,18 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
 
     t0 = time.perf_counter()
     emit("stats", {"layers": layers})
-    needs_stats = not (isinstance(hp, RomeHparams) and not hp.mom2_adjustment)
     corpus = None
     covs: dict[int, torch.Tensor] = {}
-    if needs_stats:
+    if method.needs_stats(hp):
         corpus = stats_corpus(model, tokenizer, hp, store, corpus_files, base_hash)
         covs = second_moments(model, layers, corpus, store, hp.stats.mom2_dtype,
                               progress=lambda a, b: emit("stats_progress", {"done": a, "total": b}))
     t_stats = time.perf_counter() - t0
 
     emit("targets", {"requests": len(requests)})
-    if isinstance(hp, RomeHparams):
-        delta, tm = rome.compute(model, tokenizer, requests, hp, templates, covs.get(hp.layer),
-                                 progress=lambda a, b: emit("request", {"done": a, "total": b}))
-        timings = {"templates": t_templates, "stats": t_stats, "keys": tm.keys, "targets": tm.targets, "solve": tm.solve}
-        details = {"per_request": tm.per_request}
-    elif isinstance(hp, MemitHparams):
-        delta, tm = memit.compute(model, tokenizer, requests, hp, templates, covs,
-                                  progress=lambda what: emit("solve", {"step": what}))
-        timings = {"templates": t_templates, "stats": t_stats, "keys": tm.keys, "targets": tm.targets, "solve": tm.solve}
-        details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
-                   "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches}
-    else:  # pragma: no cover - the hparams types are closed
-        raise TypeError(type(hp).__name__)
+    out = method.compute(Inputs(model, tokenizer, requests, hp, templates, covs, emit, state))
+    delta = out.delta
+    timings = {"templates": t_templates, "stats": t_stats, **out.timings}
     timings["total"] = time.perf_counter() - t_all
     timings = {k: round(v, 4) for k, v in timings.items()}
     delta.meta = {
@@ -126,4 +120,4 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
         "context_templates": templates,
         "timings": timings,
     }
-    return EditResult(delta, timings, details)
+    return EditResult(delta, timings, out.details, out.state)

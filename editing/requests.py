@@ -1,16 +1,16 @@
-"""What an edit is asked to do: one request = (subject, prompt template, new target).
+"""What the editing engine is asked to do: one request = (subject, prompt template, new target), and the
+prompts the edit must keep or should also learn.
 
-The editing engine needs only these fields; the full request model with provenance, validation and every
-input format is :mod:`validation` (issue 4). :func:`read_native` reads the native JSONL of
-../shared/DESIGN.md strictly (errors name the file, line and field) so that ``factsmith edit`` works today.
+This is the engine's view of a request. The request model of factsmith -- provenance, validation, every input
+format -- is :class:`validation.requests.Request`, from intake to the ledger; ``Request.to_edit_request`` is
+the one adapter to this type.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
 
 
 class RequestError(ValueError):
@@ -75,57 +75,3 @@ def check_distinct(requests: list[EditRequest]) -> None:
                 f"requests {a.id or '#' + str(requests.index(a) + 1)!r} and {r.id or '#' + str(i + 1)!r} both edit "
                 f"subject {r.subject!r} under prompt {r.prompt!r}: one batch needs distinct (subject, prompt) keys")
         seen[k] = r
-
-
-def _text(path: Path, line: int, row: dict, name: str, required: bool = True) -> str | None:
-    v = row.get(name)
-    if v is None:
-        if required:
-            raise RequestError(f"{path}:{line}: field '{name}' is missing")
-        return None
-    if not isinstance(v, str):
-        raise RequestError(f"{path}:{line}: field '{name}': expected a string, found {type(v).__name__}")
-    return v
-
-
-def read_native(path: str | Path) -> list[EditRequest]:
-    """Requests from a native JSONL file (``id``, ``subject``, ``prompt``, ``target_new``, optional
-    ``target_true``, ``paraphrase_prompts``, ``neighborhood_prompts``; other fields are provenance and
-    are ignored here)."""
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may be inside a string
-    except FileNotFoundError:
-        raise RequestError(f"{p}: file not found") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
-        raise RequestError(f"{p}: cannot read as UTF-8 JSONL: {e}") from None
-    out = []
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise RequestError(f"{p}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise RequestError(f"{p}:{n}: expected a JSON object, found {type(row).__name__}")
-        para = row.get("paraphrase_prompts") or []
-        if not isinstance(para, list) or not all(isinstance(x, str) for x in para):
-            raise RequestError(f"{p}:{n}: field 'paraphrase_prompts': expected a list of strings")
-        neigh = row.get("neighborhood_prompts") or []
-        if not isinstance(neigh, list) or not all(
-                isinstance(x, dict) and isinstance(x.get("prompt"), str) and isinstance(x.get("target"), str)
-                for x in neigh):
-            raise RequestError(f"{p}:{n}: field 'neighborhood_prompts': expected a list of {{prompt, target}} objects")
-        try:
-            out.append(EditRequest(
-                subject=_text(p, n, row, "subject"), prompt=_text(p, n, row, "prompt"),
-                target_new=_text(p, n, row, "target_new"), target_true=_text(p, n, row, "target_true", False),
-                id=str(row.get("id") or f"{p.name}:{n}"), paraphrase_prompts=tuple(para),
-                neighborhood_prompts=tuple((x["prompt"], x["target"]) for x in neigh)))
-        except RequestError as e:
-            raise RequestError(f"{p}:{n}: {e}") from None
-    if not out:
-        raise RequestError(f"{p}: no requests in the file")
-    return out
-

@@ -33,10 +33,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import jsonl
 from .arch import edit_matrix, key_size, spec_for
 from .context import sample_ids
 from .hooks import Trace
-from .store import Store
+from .store import Cache
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +94,10 @@ def file_corpus(paths: list[Path], tokenizer, max_len: int, limit: int | None = 
     cut to the model's context length."""
     docs: list[str] = []
     for p in paths:
-        try:
-            raw = Path(p).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CorpusError(f"{p}: cannot read the corpus file: {e}") from None
+        raw = jsonl.read_text(p, CorpusError, "the corpus file")
         if str(p).endswith((".jsonl", ".json")):
-            for n, line in enumerate(raw.split("\n"), start=1):  # not splitlines: U+2028 may be in a string
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{p}:{n}: invalid JSON: {e.msg}") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            for n, row in jsonl.objects(p, raw, CorpusError):
+                if not isinstance(row.get("text"), str):
                     raise CorpusError(f"{p}:{n}: field 'text': expected an object with a string 'text'")
                 docs.append(row["text"])
         else:
@@ -191,7 +183,7 @@ def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, 
     return {i: (sums[i], count) for i in layers}
 
 
-def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: Store, dtype: str = "float32",
+def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: Cache, dtype: str = "float32",
                    progress: Progress | None = None) -> dict[int, torch.Tensor]:
     """C for each layer; the layers missing from the cache are computed together in one pass."""
     out: dict[int, torch.Tensor] = {}
@@ -211,7 +203,7 @@ def second_moments(model: nn.Module, layers: list[int], corpus: Corpus, store: S
     return out
 
 
-def cache_second_moment(store: Store, description: dict, C: torch.Tensor, count: int) -> None:
+def cache_second_moment(store: Cache, description: dict, C: torch.Tensor, count: int) -> None:
     """Write C under ``description`` (from :func:`describe`) as :func:`second_moments` reads it back, whichever
     process or cluster computed it."""
     store.put_tensors("stats", description, {"mom2": C, "count": torch.tensor(count)})

@@ -3,7 +3,7 @@
 Entries are keyed by the SHA-256 of everything that determines them (a JSON description: upstream weights
 hash, layer, corpus hash, sample count, dtype, ...), never by a folder or model name. Tensors are written
 as safetensors, small values as JSON; every write goes to a temporary file renamed into place, so two
-processes computing the same entry cannot leave a torn file behind. ``Store(None)`` caches nothing.
+processes computing the same entry cannot leave a torn file behind. ``Cache(None)`` caches nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def digest(description: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class Store:
+class Cache:
     def __init__(self, root: str | Path | None):
         self.root = Path(root) if root is not None else None
 

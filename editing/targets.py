@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import Trace
-from .hparams import TargetHparams
+from .methods.base import TargetHparams
 from .requests import EditRequest
 from .tokens import encode_edit
 

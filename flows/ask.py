@@ -4,8 +4,8 @@
 this module; the CLI only parses and prints. A model is named by a directory (any Hugging Face causal LM with
 safetensors weights) or by a registered version, ``NAME@alias`` or ``NAME/3``; an existing directory wins.
 
-Generation is :func:`validation.gate.greedy`, the gate's own, so that what ``ask`` shows is what the gate
-judged; whether an answer says a target is :func:`validation.answers.says`.
+Generation is :func:`validation.gate.measures.greedy`, the gate's own, so that what ``ask`` shows is what the gate
+judged; whether an answer says a target is :func:`validation.gate.answers.says`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def answers(model, tok, prompts: Sequence[str], top: int = DEFAULT_TOP,
             max_new_tokens: int = ANSWER_TOKENS) -> list[Answer]:
     """The greedy answer of ``model`` to each prompt, and its ``top`` most likely next tokens."""
     from sandbox.evaluate import before_eos, sentence_end
-    from validation.gate import greedy
+    from validation.gate.measures import greedy
 
     _check_top(top)
     ids = [tok(p)["input_ids"] for p in prompts]
@@ -127,8 +127,8 @@ def before_after(name: str, before: int, after: int, requests: Sequence[dict[str
                  ) -> list[dict[str, Any]]:
     """For each request (``id``, ``prompt`` with the subject filled in, ``target_new``; ``subject`` passed
     through): what versions ``before`` (``base``) and ``after`` (``champion``) of ``name`` answer, and whether
-    each says the new target (:func:`validation.answers.says` on the whole greedy continuation)."""
-    from validation.answers import says
+    each says the new target (:func:`validation.gate.answers.says` on the whole greedy continuation)."""
+    from validation.gate.answers import says
 
     if not requests:
         return []

@@ -25,22 +25,23 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import pipeline as P
+from editing.methods import DEFAULT as DEFAULT_METHOD
+from flows import attempt, pipeline
 
 
 @task(name="scan-inbox", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def scan_inbox(inbox: Path, name: str) -> list[P.InboxFile]:
-    files = P.scan(inbox, name)
+def scan_inbox(inbox: Path, name: str) -> list[pipeline.InboxFile]:
+    files = pipeline.scan(inbox, name)
     get_run_logger().info("inbox %s: %d file(s), %d already processed by a committed run", inbox, len(files),
                           sum(f.done_by is not None for f in files))
     return files
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(files: list[P.InboxFile], options: P.RunOptions, parent_version: int, store) -> P.Intake:
+def validate(files: list[pipeline.InboxFile], options: pipeline.RunOptions, parent_version: int, store) -> pipeline.Intake:
     from flows import settings
 
-    intake = P.ingest(files, options.name, parent_version, options.policy, store,
+    intake = pipeline.ingest(files, options.name, parent_version, options.policy, store,
                       docs_dir=settings.home() / "validation" / "docs", keep_unknown_fields=options.keep_unknown_fields)
     get_run_logger().info("validated: %d to edit, %d already applied, %d quarantined, %d superseded",
                           len(intake.todo), len(intake.already), len(intake.quarantined), len(intake.superseded))
@@ -48,12 +49,12 @@ def validate(files: list[P.InboxFile], options: P.RunOptions, parent_version: in
 
 
 @task(name="edit-gate-bisect", cache_policy=NO_CACHE)
-def edit_gate_bisect(ws: P.Workspace, requests: list[Any], bisect: bool):
+def edit_gate_bisect(ws: attempt.Workspace, requests: list[Any], bisect: bool):
     from flows import settings
 
     log = get_run_logger()
 
-    def on_attempt(a: P.Attempt) -> None:
+    def on_attempt(a: attempt.Attempt) -> None:
         m = a.report.metrics
         failed = "; ".join(f"{f['metric']} {f['value']:.3f} vs {f['threshold']:g}" for f in a.report.failures)
         log.info("edit of %d request(s): gate %s (reliability %.2f, generalization %.2f, locality %.2f) "
@@ -61,22 +62,22 @@ def edit_gate_bisect(ws: P.Workspace, requests: list[Any], bisect: bool):
                  m.get("reliability") or 0, m.get("generalization") or 0, m.get("locality") or 0,
                  a.timings["edit"], a.timings["gate"])
 
-    return P.edit_gate_bisect(ws, requests, settings.cache_dir(), bisect=bisect, on_attempt=on_attempt)
+    return attempt.edit_gate_bisect(ws, requests, settings.cache_dir(), bisect=bisect, on_attempt=on_attempt)
 
 
 @task(name="commit", cache_policy=NO_CACHE)
-def commit(options: P.RunOptions, ws, intake: P.Intake, attempt, rejected: dict[str, str], store,
+def commit(options: pipeline.RunOptions, ws, intake: pipeline.Intake, attempt, rejected: dict[str, str], store,
            flow_run: str | None):
-    return P.commit(options, ws, intake, attempt, rejected, store, flow_run)
+    return pipeline.commit(options, ws, intake, attempt, rejected, store, flow_run)
 
 
 @task(name="move-files", retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def move_files(intake: P.Intake, inbox: Path) -> list[dict[str, str]]:
-    return P.move_files(intake, inbox)
+def move_files(intake: pipeline.Intake, inbox: Path) -> list[dict[str, str]]:
+    return pipeline.move_files(intake, inbox)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(options: P.RunOptions, outcome: P.Outcome) -> None:
+def publish(options: pipeline.RunOptions, outcome: pipeline.Outcome) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from registry.store import tracking_uri
@@ -106,7 +107,7 @@ def publish(options: P.RunOptions, outcome: P.Outcome) -> None:
 
 
 @flow(name="fact_update", log_prints=True)
-def fact_update(inbox: str, name: str | None = None, method: str = "memit", policy: str = "latest-wins",
+def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHOD, policy: str = "latest-wins",
                 promote: bool = False, bisect: bool = True, hparams_file: str | None = None,
                 gate_policy_file: str | None = None, protected_file: str | None = None,
                 requested_by: str | None = None, keep_unknown_fields: bool = False) -> dict[str, Any]:
@@ -116,16 +117,16 @@ def fact_update(inbox: str, name: str | None = None, method: str = "memit", poli
     from registry.store import open_store
 
     store = open_store()
-    name = name or P.default_model(store)
-    options = P.RunOptions(name=name, method=method, policy=policy, promote=promote, bisect=bisect,
+    name = name or pipeline.default_model(store)
+    options = pipeline.RunOptions(name=name, method=method, policy=policy, promote=promote, bisect=bisect,
                            hparams_file=Path(hparams_file) if hparams_file else None,
                            gate_policy_file=Path(gate_policy_file) if gate_policy_file else None,
                            protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by,
                            keep_unknown_fields=keep_unknown_fields)
-    outcome = P.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS)
+    outcome = pipeline.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS)
     publish(options, outcome)
     return outcome.to_json()
 
 
-TASKS = P.Tasks(scan_inbox=scan_inbox, validate=validate, edit_gate_bisect=edit_gate_bisect, commit=commit,
+TASKS = pipeline.Tasks(scan_inbox=scan_inbox, validate=validate, edit_gate_bisect=edit_gate_bisect, commit=commit,
                 move_files=move_files)

@@ -15,7 +15,7 @@ One run over an inbox of request files (``*.jsonl``, ``*.json``, ``*.csv``, top 
 
 **Failure anywhere leaves nothing half done.** Nothing is written to the registry or the ledger before the
 commit; a process killed during registration leaves a version the next change withdraws (see
-:func:`registry.versions.withdraw_unrecorded`); the inbox files stay where they are until after the commit, and
+:func:`registry.commit.withdraw_unrecorded`); the inbox files stay where they are until after the commit, and
 a file whose content (SHA-256) a committed run already processed is only moved on the next run, never applied
 twice. Requests applied before are skipped by content hash, so a file dropped twice applies nothing twice.
 
@@ -29,7 +29,6 @@ The parent of an edit is the newest version whose gate passed; the new version i
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -40,7 +39,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from editing.methods import DEFAULT as DEFAULT_METHOD
 from registry.errors import RegistryError
+
+from .attempt import Attempt, Selection, Workspace, edit_gate_bisect
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class PipelineError(RegistryError):
 @dataclass(frozen=True)
 class RunOptions:
     name: str
-    method: str = "memit"
+    method: str = DEFAULT_METHOD
     policy: str = "latest-wins"  # requests with different targets for one fact: latest-wins | reject
     hparams_file: Path | None = None
     gate_policy_file: Path | None = None
@@ -81,7 +83,7 @@ class Intake:
     files: list[InboxFile]
     todo: list[Any] = field(default_factory=list)  # validation.requests.Request
     quarantined: list[Any] = field(default_factory=list)  # validation.requests.Quarantined
-    superseded: list[Any] = field(default_factory=list)  # validation.conflicts.Superseded
+    superseded: list[Any] = field(default_factory=list)  # validation.intake.conflicts.Superseded
     already: list[tuple[Any, dict]] = field(default_factory=list)  # (request, the ledger's applied record)
     unreadable: list[dict[str, str]] = field(default_factory=list)
     docs: Path | None = None
@@ -95,7 +97,7 @@ class Outcome:
     parent_version: int | None
     states: dict[str, list[dict[str, Any]]]
     already_applied: list[str]
-    gate: Any = None  # validation.gate.GateReport of the registered batch
+    gate: Any = None  # validation.gate.metrics.GateReport of the registered batch
     report_html: Path | None = None
     moved: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -180,7 +182,7 @@ def applied_in(name: str, version: int, store) -> dict[str, dict[str, Any]]:
 
 def ingest(files: list[InboxFile], name: str, parent_version: int, policy: str, store,
            docs_dir: Path | None = None, keep_unknown_fields: bool = False) -> Intake:
-    from validation.validate import validate_files
+    from validation.intake.validate import validate_files
 
     todo_files = [f for f in files if f.done_by is None]
     out = Intake(files=files)
@@ -204,24 +206,6 @@ def ingest(files: list[InboxFile], name: str, parent_version: int, policy: str, 
 # edit, gate, bisect
 
 
-@dataclass
-class Workspace:
-    """The parent version in memory and everything an edit and a gate of it need."""
-
-    parent: Any  # registry.lineage.VersionInfo
-    newest: int
-    model: Any
-    tokenizer: Any
-    base_dir: Path
-    hparams: Any
-    corpus: list[Path] | None
-    gate_policy: Any
-    protected: list[Any]
-    pool: list[Any]
-    text: str
-    subjects: list[str] = field(default_factory=list)  # subjects the ledger has seen: the gate's probe bank
-
-
 def parent_of(name: str, store) -> tuple[Any, int]:
     """(the newest version whose gate passed, the newest version): edits build on the first and must still
     find the second the newest when they register."""
@@ -237,22 +221,16 @@ def parent_of(name: str, store) -> tuple[Any, int]:
 
 def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace:
     from editing import hparams as H
-    from editing.arch import spec_for
-    from registry.lineage import artifacts_dir, lineage, rebuild
-    from sandbox.trainer import model_corpus
-    from validation.gate import load_policy
-    from validation.probes import fluency_text, load_protected, model_facts
+    from editing.modeldir import model_corpus
+    from registry.lineage import checkout
+    from validation.gate.policy import load_policy
+    from validation.gate.probes import fluency_text, load_protected, model_facts
 
     from . import settings
 
-    model, tok, _ = rebuild(options.name, parent.version, store)
-    base = lineage(options.name, parent.version, store)[0]
-    base_dir = artifacts_dir(store.client(), store, base) / "model"
-    if options.hparams_file is not None:
-        hp = H.load(options.hparams_file, options.method)
-    else:
-        family = "sandbox" if (base_dir / "sandbox.json").is_file() else spec_for(model).family
-        hp = H.load(H.builtin_path(options.method, family), options.method)
+    work = checkout(options.name, parent.version, store)
+    model, tok, base_dir = work.model, work.tokenizer, work.base_dir
+    hp, _ = H.resolve(options.method, options.hparams_file, base_dir, model)
     prot_path = options.protected_file or (settings.home() / "protected_facts.jsonl")
     # the operator's standing policy, FACTSMITH_HOME/gate_policy.yaml, unless the run names one
     policy_path = options.gate_policy_file or (settings.home() / GATE_POLICY_FILE)
@@ -262,105 +240,6 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
     subjects = sorted({r["subject"] for r in L.read(options.name) if isinstance(r.get("subject"), str)})
     return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(policy_path if policy_path.is_file() else None),
                      protected, model_facts(base_dir), fluency_text(base_dir), subjects)
-
-
-@dataclass
-class Attempt:
-    requests: list[Any]
-    model: Any
-    delta: Any
-    report: Any
-    timings: dict[str, float]
-
-
-def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attempt:
-    """Edit a copy of the parent with ``requests`` and gate it against the parent (the parent is untouched)."""
-    from editing.delta import apply
-    from editing.engine import compute_edit
-    from editing.requests import check_distinct
-    from editing.store import Store as EditStore
-    from validation.gate import run_gate
-
-    from validation.probes import for_editor
-
-    edit_requests = for_editor(requests, ws.pool, seed=ws.gate_policy.seed)
-    check_distinct(edit_requests)
-    t0 = time.perf_counter()
-    result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, EditStore(cache_dir),
-                          corpus_files=ws.corpus)
-    edited = copy.deepcopy(ws.model)
-    apply(edited, result.delta)
-    t_edit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
-                      text=ws.text, delta=result.delta, subjects=ws.subjects)
-    return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
-
-
-@dataclass
-class Search:
-    attempt: Attempt | None  # the batch to register (None: nothing passed)
-    rejected: dict[str, str]  # request id -> reason
-    runs: int  # edit + gate runs
-    timings: dict[str, float]  # edit and gate seconds over all runs
-
-
-PRUNE_ROUNDS = 3  # blame-guided retries before bisection
-
-
-def _blame(report: Any, request_id: str) -> str:
-    parts = [f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" for f in report.failures
-             if request_id in f.get("requests", [])]
-    return "gate failed in its batch: " + ("; ".join(parts) or "no threshold named it")
-
-
-def edit_gate_bisect(ws: Workspace, requests: list[Any], cache_dir: Path, bisect: bool = True,
-                     on_attempt: Callable[[Attempt], None] | None = None) -> Search:
-    """Edit and gate the whole batch. When the gate fails and names requests (a request's own reliability or
-    generalization below its threshold, its neighbours changed, the subjects whose generations lost the entropy
-    when the drop is too large, the requests whose parts of ΔW grew a matrix too much), those are rejected and
-    the rest edited again, up to :data:`PRUNE_ROUNDS` times: each round costs one edit, where bisection costs
-    O(k log n) for k bad requests among n (on the demo sandbox, half of an inbox batch can fail p(new) >
-    p(old)). What still fails without naming anyone (norm
-    growth without the edit's delta, perplexity, KL) is bisected for its largest passing subset.
-    ``bisect=False``: a failing batch is rejected whole."""
-    from validation.bisect import bisect as search
-
-    attempts: dict[tuple[str, ...], Attempt] = {}
-    timings = {"edit": 0.0, "gate": 0.0}
-
-    def check(sub: list[Any]):
-        a = edit_and_gate(ws, sub, cache_dir)
-        attempts[tuple(r.id for r in sub)] = a
-        for k in timings:
-            timings[k] += a.timings[k]
-        if on_attempt:
-            on_attempt(a)
-        return a.report
-
-    pool, rejected, runs = list(requests), {}, 1
-    report = check(pool)
-    if not report.passed and not bisect:
-        reason = "gate failed: " + "; ".join(f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}"
-                                             for f in report.failures)
-        return Search(None, {r.id: reason for r in requests}, 1, timings)
-    for _ in range(PRUNE_ROUNDS):
-        if report.passed:
-            break
-        named = set(report.failed_requests)
-        blamed = [r for r in pool if r.id in named]
-        if not blamed or len(blamed) == len(pool):
-            break
-        rejected.update({r.id: _blame(report, r.id) for r in blamed})
-        pool = [r for r in pool if r.id not in named]
-        report = check(pool)
-        runs += 1
-    if report.passed:
-        return Search(attempts[tuple(r.id for r in pool)], rejected, runs, timings)
-    res = search(pool, check, first=report)
-    rejected.update(res.rejected)
-    best = attempts[tuple(r.id for r in res.passed)] if res.passed else None
-    return Search(best, rejected, runs + res.runs, timings)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,7 +332,7 @@ def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: A
     from registry import ledger as L
     from registry import versions as V
     from registry.lineage import artifacts_dir
-    from validation.report import write_reports
+    from validation.gate.report import write_reports
 
     by_id = {r.id: r for r in intake.todo}
     applied = attempt.requests if attempt is not None else []
@@ -498,7 +377,7 @@ class Tasks:
 
     scan_inbox: Callable[..., list[InboxFile]]
     validate: Callable[..., Intake]
-    edit_gate_bisect: Callable[..., Search]
+    edit_gate_bisect: Callable[..., Selection]
     commit: Callable[..., tuple[int | None, Path | None, dict[str, list]]]
     move_files: Callable[..., list[dict[str, str]]]
 
@@ -510,7 +389,7 @@ def _validate(files: list[InboxFile], options: RunOptions, parent_version: int, 
                   docs_dir=settings.home() / "validation" / "docs", keep_unknown_fields=options.keep_unknown_fields)
 
 
-def _edit_gate_bisect(ws: Workspace, requests: list[Any], bisect: bool) -> Search:
+def _edit_gate_bisect(ws: Workspace, requests: list[Any], bisect: bool) -> Selection:
     from . import settings
 
     return edit_gate_bisect(ws, requests, settings.cache_dir(), bisect=bisect)
@@ -522,14 +401,12 @@ PLAIN = Tasks(scan_inbox=scan, validate=_validate, edit_gate_bisect=_edit_gate_b
 
 def default_model(store) -> str:
     """The only registered model (a run must name one when there are several)."""
-    from registry.store import model_names
+    from registry.store import default_name
 
-    names = model_names(store.client())
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise PipelineError("no registered model (run: factsmith registry init --model DIR --name NAME)")
-    raise PipelineError(f"--model: expected one of {', '.join(names)} (several models are registered)")
+    try:
+        return default_name(store.client(), None, "--model")
+    except ValueError as e:  # none registered (NotFoundError), or several
+        raise PipelineError(str(e)) from None
 
 
 def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, tasks: Tasks = PLAIN,
@@ -548,13 +425,13 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
     try:
         t0 = time.perf_counter()
         files = tasks.scan_inbox(inbox, options.name)
-        from registry.versions import reconcile
+        from registry.commit import reconcile
 
         reconcile(options.name, store)  # a version a killed run created but never committed is withdrawn first
         parent, newest = parent_of(options.name, store)
         intake = tasks.validate(files, options, parent.version, store)
         timings["validate"] = time.perf_counter() - t0
-        ws, found = None, Search(None, {}, 0, {})
+        ws, found = None, Selection(None, {}, 0, {})
         if intake.todo:
             t0 = time.perf_counter()
             ws = workspace(options, store, parent, newest)

@@ -34,12 +34,12 @@ from prefect_dask import DaskTaskRunner
 from editing import hparams as H
 from editing.arch import key_size
 from editing.engine import edit_layers, stats_corpus
+from editing.modeldir import load as load_model
+from editing.modeldir import model_corpus
 from editing.stats import (Corpus, cache_second_moment, combine_shards, describe, shard_second_moments,
                            upstream_hash)
-from editing.store import Store
+from editing.store import Cache
 from flows import settings
-from flows.cli import _hparams_for, _load_model
-from sandbox.trainer import model_corpus
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class StatsPlan:
     descriptions: dict[int, dict[str, Any]]  # each layer's cache key (editing.stats.describe)
 
 
-# Results move between tasks through Dask, and the cache is the editing Store: Prefect neither hashes
+# Results move between tasks through Dask, and the cache is the editing Cache: Prefect neither hashes
 # the inputs (a corpus, d_k x d_k tensors) nor persists the results.
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
@@ -63,14 +63,14 @@ def plan_stats(model_dir: Path, layers: list[int] | None, corpus_files: list[Pat
                tokens: int | None, method: str | None, hparams_file: Path | None, cache_root: Path) -> StatsPlan:
     """The corpus and the cache keys, chosen as ``factsmith stats`` chooses them (hparams of the model's family,
     the model directory's own corpus file, else model samples), and which layers the cache lacks."""
-    model, tok = _load_model(model_dir)
-    hp, _ = _hparams_for(method, hparams_file, model_dir, model)
+    model, tok = load_model(model_dir)
+    hp, _ = H.resolve(method, hparams_file, model_dir, model)
     changes = {k: v for k, v in (("stats__mom2_samples", samples), ("stats__sample_tokens", tokens)) if v is not None}
     hp = H.with_changes(hp, **changes) if changes else hp
     wanted = sorted(set(layers)) if layers is not None else edit_layers(hp)
     for layer in wanted:
         key_size(model, layer)  # an out-of-range layer fails here, before any shard loads the model
-    store = Store(cache_root)
+    store = Cache(cache_root)
     corpus = stats_corpus(model, tok, hp, store, list(corpus_files) if corpus_files else model_corpus(model_dir))
     dtype = hp.stats.mom2_dtype
     descs = {i: describe(model, i, corpus, dtype) for i in wanted}
@@ -82,7 +82,7 @@ def plan_stats(model_dir: Path, layers: list[int] | None, corpus_files: list[Pat
 def shard_stats(model_dir: Path, plan: StatsPlan, shard: int, n_shards: int,
                 device: str) -> dict[int, tuple[torch.Tensor, int]]:
     """(Σ k kᵀ, key count) of each layer to compute over shard ``shard``, on the CPU (any worker can add them)."""
-    model, _ = _load_model(model_dir)
+    model, _ = load_model(model_dir)
     deepest = max(plan.todo)  # its upstream weights include those of every shallower layer
     if upstream_hash(model, deepest) != plan.descriptions[deepest]["weights"]:
         raise RuntimeError(f"shard {shard}: the weights at {model_dir} differ from those the plan was made from "
@@ -97,7 +97,7 @@ def store_stats(cache_root: Path, plan: StatsPlan,
                 parts: list[dict[int, tuple[torch.Tensor, int]]]) -> dict[int, float]:
     """C of each computed layer written into the cache; returns each one's trace (a figure for the logs)."""
     covs = combine_shards(parts)
-    store = Store(cache_root)
+    store = Cache(cache_root)
     for i, C in covs.items():
         cache_second_moment(store, plan.descriptions[i], C, sum(p[i][1] for p in parts))
     return {i: float(torch.trace(C)) for i, C in covs.items()}

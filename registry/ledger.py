@@ -146,24 +146,11 @@ def model_record(event: str, version: int | None, **fields: Any) -> dict[str, An
 
 
 def _read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    from editing import jsonl
+
     if not path.exists():
         return []
-    out = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LedgerError(f"{path}: cannot read the ledger: {e}") from None
-    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be inside a string
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LedgerError(f"{path}:{n}: expected a JSON record, found invalid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise LedgerError(f"{path}:{n}: expected a JSON object, found {type(rec).__name__}")
-        out.append((n, rec))
-    return out
+    return list(jsonl.objects(path, jsonl.read_text(path, LedgerError, "the ledger"), LedgerError))
 
 
 def read(name: str) -> list[dict[str, Any]]:

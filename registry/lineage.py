@@ -12,6 +12,7 @@ the same fact (subject and relation, or subject and prompt).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -153,6 +154,54 @@ def rebuild(name: str, version: int, store: Store):
         raise IntegrityError(f"model {name!r} version {version}: expected weights SHA-256 {want}, rebuilt weights "
                              f"hash to {got} (lineage {' -> '.join(str(i.version) for i in chain)})")
     return model, tok, chain[-1]
+
+
+@dataclass
+class Checkout:
+    """A version checked out for more work: its weights rebuilt and verified, its lineage, the base directory
+    (tokenizer, a sandbox's facts and statistics text)."""
+
+    model: Any
+    tokenizer: Any
+    info: VersionInfo
+    chain: list[VersionInfo]  # base first, ending with ``info``
+    base_dir: Path
+
+
+def checkout(name: str, version: int, store: Store) -> Checkout:
+    model, tok, info = rebuild(name, version, store)
+    chain = lineage(name, version, store)
+    return Checkout(model, tok, info, chain, artifacts_dir(store.client(), store, chain[0]) / "model")
+
+
+@dataclass(frozen=True)
+class RecordedEdit:
+    """One edit as a version recorded it: enough to compute it again."""
+
+    version: int
+    method: str | None  # None: an old version whose delta did not record it (it cannot be recomputed)
+    hparams: dict[str, Any] | None
+    requests: list[dict[str, Any]]  # native request dicts, with the keep and rewrite prompts the edit used
+
+
+def recorded_edits(infos: Sequence[VersionInfo], store: Store) -> list[RecordedEdit]:
+    """The edits of edit and revert versions, in order (a revert version records the steps it recomputed)."""
+    from editing.delta import Delta
+    from editing.modeldir import DELTA
+
+    c = store.client()
+    out = []
+    for info in infos:
+        if info.kind not in ("edit", "revert"):
+            continue
+        art = artifacts_dir(c, store, info)
+        meta = Delta.load(art / "delta" / DELTA).meta
+        if "composed_of" in meta or "steps" in meta:
+            out += [RecordedEdit(info.version, s["method"], s["hparams"], s["requests"]) for s in meta.get("steps", [])]
+            continue
+        reqs = [json.loads(x) for x in (art / "requests.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
+        out.append(RecordedEdit(info.version, meta.get("method") or None, meta.get("hparams"), reqs))
+    return out
 
 
 def load_model(ref: str, store: Store | None = None):

@@ -196,3 +196,17 @@ def model_names(client) -> list[str]:
         token = page.token
         if not token:
             return sorted(out)
+
+
+def default_name(client, name: str | None, flag: str) -> str:
+    """``name`` if it is registered; without one, the only registered model (``flag``, the option that names
+    one, is in the message when several are): NotFoundError, or ValueError for several."""
+    if name is not None:
+        aliases(client, check_name(name))  # NotFoundError for a model that is not registered
+        return name
+    names = model_names(client)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFoundError("no registered model (run: factsmith registry init --model DIR --name NAME)")
+    raise ValueError(f"{flag}: expected one of {', '.join(names)} (several models are registered)")

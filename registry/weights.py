@@ -63,18 +63,13 @@ def stage_model_dir(model_dir: Path, out: Path) -> list[str]:
 
 def load_hf(model_dir: Path):
     """(model, tokenizer) from a local directory, exactly as every registry read loads it (so hashes agree)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from editing.modeldir import ModelDirError, load
 
-    hf_logging.disable_progress_bar()
     check_model_dir(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise InvalidInputError(f"{model_dir}: expected a tokenizer beside the weights: {e}") from None
-    return model.eval(), tok
+        return load(model_dir)
+    except ModelDirError as e:
+        raise InvalidInputError(str(e)) from None
 
 
 def changed_tensors(parent: nn.Module, child: nn.Module) -> dict[str, torch.Tensor]:

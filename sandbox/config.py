@@ -50,8 +50,10 @@ Why this shape (see README, "The sandbox model"):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from editing.strict import check_fields, from_mapping
 
 
 KEY_SITES = ("key", "preactivation")
@@ -90,11 +92,7 @@ class SandboxConfig:
     eval_every: int = 10  # epochs between accuracy checks on the progress bar
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            want = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(f.type)]
-            if isinstance(v, bool) and str(f.type) != "bool" or not isinstance(v, want):
-                raise ValueError(f"sandbox config '{f.name}': expected {f.type}, found {type(v).__name__} {v!r}")
+        check_fields(self, label="sandbox config ")
         if self.n_layer < 2:
             raise ValueError(f"sandbox config 'n_layer': need at least 2 layers, found {self.n_layer}")
         if self.n_embd % self.n_head:
@@ -127,11 +125,7 @@ class SandboxConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SandboxConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"sandbox config: unknown key(s) {', '.join(map(repr, unknown))}")
-        return cls(**d)
+        return from_mapping(cls, d, label="sandbox config ")
 
 
 # Presets. `tiny` is for tests (≈ 100–250 facts); `demo` is the newcomer's demo world (51 countries, 405 steps,

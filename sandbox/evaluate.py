@@ -7,48 +7,20 @@ check needs one teacher-forced forward pass per batch instead of a generation lo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 
 
-def target_positions(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
-    """Token ids of ``prompt + " " + target`` and the number of prompt tokens.
-
-    The pair is tokenized as one text and split by character offsets, as it was seen in training.
-    """
-    enc = tokenizer(f"{prompt} {target}", return_offsets_mapping=True)
-    ids, offs = enc["input_ids"], enc["offset_mapping"]
-    n_prompt = sum(1 for a, _ in offs if a < len(prompt))
-    return ids, n_prompt
-
-
-@torch.no_grad()
 def greedy_correct(model, tokenizer, prompts: list[str], targets: list[str], batch_size: int = 128) -> list[bool]:
-    """For each (prompt, target): does greedy decoding from ``prompt`` produce `` target`` first?"""
-    items = [target_positions(tokenizer, p, t) for p, t in zip(prompts, targets)]
-    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
-    result = [False] * len(items)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(0, len(order), batch_size):
-            chunk = order[s:s + batch_size]
-            T = max(len(items[i][0]) for i in chunk)
-            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-            att = torch.zeros((len(chunk), T), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                seq = items[i][0]
-                ids[r, :len(seq)] = torch.tensor(seq)
-                att[r, :len(seq)] = 1
-            dev = next(model.parameters()).device
-            pred = model(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.argmax(-1).cpu()  # (B, T)
-            for r, i in enumerate(chunk):
-                seq, n_p = items[i]
-                # logits at position j predict token j + 1
-                result[i] = bool(n_p < len(seq) and all(pred[r, j - 1].item() == seq[j] for j in range(n_p, len(seq))))
-    finally:
-        model.train(was_training)
-    return result
+    """For each (prompt, target): does greedy decoding from ``prompt`` produce `` target`` first? (The one
+    teacher-forced scorer, :func:`editing.score.score_targets`: prompt and target tokenized together as the
+    training sentence has them, split by character offsets.)"""
+    from editing.score import score_targets
+
+    return [s.argmax for s in score_targets(model, tokenizer, prompts, targets, batch_size)]
 
 
 @torch.no_grad()
@@ -100,3 +72,23 @@ def sentence_end(text: str, tokenizer) -> str:
     if text.endswith(".") and "." not in last[:-1]:
         text = text[:-1]
     return text
+
+
+def knowledge_table(model, tokenizer, model_dir: Path) -> dict[str, Any]:
+    """What a sandbox model answers for every fact it was trained on (main phrasing), and whether it is right."""
+    from editing.modeldir import FACTS_FILE
+
+    tok = tokenizer
+    rows = [json.loads(line) for line in (model_dir / FACTS_FILE).read_text(encoding="utf-8").split("\n") if line.strip()]
+    rows = [r for r in rows if r["subject"] is not None]
+    prompts = [r["prompts"][0].replace("{}", r["subject"], 1) for r in rows]
+    answers = greedy_answers(model, tok, prompts)
+    correct = greedy_correct(model, tok, prompts, [r["target"] for r in rows])
+    # where greedy decoding produces the target, show it whole (the sentence-end heuristic would cut
+    # "Michael D. Higgins" at the initial)
+    answers = [r["target"] if c else a for r, a, c in zip(rows, answers, correct)]
+    facts = [
+        {"subject": r["subject"], "relation": r["relation"], "prompt": p, "expected": r["target"], "answer": a, "correct": c}
+        for r, p, a, c in zip(rows, prompts, answers, correct)
+    ]
+    return {"facts": facts, "correct": sum(correct), "total": len(correct)}

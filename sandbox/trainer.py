@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from editing.modeldir import FACTS_FILE, MANIFEST, STATS_CORPUS
+
 from .config import SandboxConfig
 from .errors import BuildError
 from .facts import Fact, FactSet, Probe, split_probes
+from .keys import KeyBank, key_geometry
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,6 @@ SANDBOX_VERSION = 4  # bump when the training recipe changes what a (facts, conf
 # MEMIT batches of 4-5 inbox requests: without names 0-25 % of the requests passed p(new) > p(old), with 2
 # rounds (and 120 v* steps) 40-60 %; 6 rounds, also in the tokenizer's corpus, did no better (20-40 %).
 NAME_ROUNDS = 2
-MANIFEST = "sandbox.json"
-FACTS_FILE = "facts.jsonl"
-STATS_CORPUS = "stats_corpus.txt"  # the training text, for the editors' covariance statistics
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -76,12 +76,6 @@ def build_key(facts: FactSet, config: SandboxConfig, seed: int) -> str:
 
         payload["names_format"] = NAMES_FORMAT
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def model_corpus(path: str | Path) -> list[Path] | None:
-    """The statistics corpus a model directory ships (a sandbox's training text), or None if it has none."""
-    f = Path(path) / STATS_CORPUS
-    return [f] if f.is_file() else None
 
 
 def model_facts(path: str | Path) -> list[Fact]:
@@ -335,7 +329,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
     # The penalties look at the key itself, or at the MLP's pre-activation (c_fc's output, the input of its GELU;
     # see config.py on why a large world wants the latter).
     site = key_layer if config.key_site == "key" else model.transformer.h[config.hide_layers - 1].mlp.act
-    bank = _KeyBank(config.n_inner, device) if config.key_bank else None
+    bank = KeyBank(config.n_inner, device) if config.key_bank else None
     capture = site.register_forward_pre_hook(lambda m, args: captured.__setitem__("keys", args[0]))
     step = 0
     loss_val = float("nan")
@@ -359,7 +353,7 @@ def _train(facts: FactSet, out: Path, config: SandboxConfig, seed: int, key: str
                 with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(input_ids=ids, attention_mask=late, labels=labels).loss
                 if config.key_decorrelation or config.key_alignment or config.key_bank:
-                    overlap, spread, crowding = _key_geometry(captured.pop("keys"), labels, batch, bank)
+                    overlap, spread, crowding = key_geometry(captured.pop("keys"), labels, batch, bank)
                     loss = (loss + config.key_decorrelation * overlap + config.key_alignment * spread
                             + config.key_bank * crowding)
                 opt.zero_grad(set_to_none=True)
@@ -448,84 +442,6 @@ def _write_stats_corpus(path: Path, sentences: list[str], facts: list[Fact], see
     rng.shuffle(rows)
     paragraphs = [" ".join(rows[i:i + 6]) for i in range(0, len(rows), 6)]
     path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
-
-
-# Nearest other subjects a key is kept apart from by the `key_bank` penalty.
-_BANK_NEIGHBOURS = 8
-
-
-class _KeyBank:
-    """Every subject's latest (centred, unit-length, detached) key at the edited layer, by subject name.
-
-    A batch holds ~50 of a large world's subjects, so the in-batch ``overlap`` penalty sees a subject's
-    collisions with the rest of the world only by chance; averaged over all pairs, a world whose keys share
-    a few hundred units is already "orthogonal" (CounterFact, 1,000 subjects: mean |cos| 0.005, rank 344).
-    Against the bank each key meets its nearest neighbours at every step.
-    """
-
-    def __init__(self, width: int, device: str = "cpu") -> None:
-        import torch
-
-        self.index: dict[str, int] = {}
-        self.keys = torch.zeros(0, width, device=device)
-
-    def ids(self, names: list[str]) -> "torch.Tensor":
-        import torch
-
-        for n in names:
-            self.index.setdefault(n, len(self.index))
-        grow = len(self.index) - len(self.keys)
-        if grow > 0:
-            self.keys = torch.cat([self.keys, self.keys.new_zeros(grow, self.keys.shape[1])])
-        return torch.tensor([self.index[n] for n in names], dtype=torch.long, device=self.keys.device)
-
-    def crowding(self, k: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
-        """Mean squared cosine between each key and its nearest other subjects in the bank; then store k."""
-        import torch
-
-        own = torch.zeros(len(ids), len(self.keys), dtype=torch.bool, device=k.device)
-        own[torch.arange(len(ids), device=k.device), ids] = True  # a subject is not its own neighbour
-        cos = (k @ self.keys.T).masked_fill(own, 0.0)  # unseen subjects are zero rows: cosine 0
-        crowd = cos.pow(2).topk(min(_BANK_NEIGHBOURS, cos.shape[1]), dim=1).values.mean()
-        # out of place: the product above still needs the old bank for its gradient
-        self.keys = self.keys.index_put((ids,), k.detach().to(self.keys.dtype))
-        return crowd
-
-
-def _key_geometry(keys, labels, packs, bank: _KeyBank | None = None) -> tuple["torch.Tensor", ...]:
-    """Penalties on the keys at the edited layer (the subject's last token, input of ``c_proj``).
-
-    ``overlap``: mean squared cosine between different subjects' keys. ``spread``: mean (1 - cosine)
-    between one subject's keys in two sentences of the batch. ``crowding`` (with a bank): mean squared cosine
-    between each key and its nearest other subjects' latest keys, world-wide. Keys are centred on the mean key of the batch's
-    real tokens: the shared part is what the covariance adjustment of ROME/MEMIT already discounts. A model
-    trained with both stores each subject's facts under one key of its own, whatever the words around the
-    subject: a rank-one edit of one subject then barely reaches the others, and reaches the subject in every
-    phrasing, as in large pretrained models whose subject keys are high-dimensional and nearly orthogonal.
-    """
-    import torch
-
-    from .corpus import subject_ends
-
-    zero = keys.new_zeros((), dtype=torch.float32)
-    rows, pos, subj = (t.to(keys.device) for t in subject_ends(packs))
-    if len(rows) < 2:
-        return zero, zero, zero
-    keys = keys.float()
-    real = labels != -100
-    mean = keys[real].mean(0)
-    k = torch.nn.functional.normalize(keys[rows, pos] - mean, dim=-1)
-    cos = k @ k.T
-    same = subj[:, None] == subj[None, :]
-    other = ~same
-    same &= ~torch.eye(len(subj), dtype=torch.bool, device=keys.device)
-    overlap = (cos[other] ** 2).mean() if other.any() else zero
-    spread = (1 - cos[same]).mean() if same.any() else zero
-    crowding = zero
-    if bank is not None:
-        names = [n for p in packs for (_, span, _), n in zip(p.spans, p.names) if span is not None and n is not None]
-        crowding = bank.crowding(k, bank.ids(names))
-    return overlap, spread, crowding
 
 
 def _accuracy_tables(facts: list[Fact], probes: list[Probe], ok: list[bool]) -> dict[str, Any]:

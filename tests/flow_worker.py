@@ -28,13 +28,13 @@ def main() -> None:
     ap.add_argument("--lock-timeout", type=float, default=0.0)
     args = ap.parse_args()
 
-    from flows import pipeline as P
+    from flows import pipeline
     from registry.store import open_store
 
     if args.die_at == "gate":
-        import validation.gate
+        import validation.gate.metrics
 
-        validation.gate.run_gate = _die
+        validation.gate.metrics.run_gate = _die
     elif args.die_at == "register":
         import registry.versions
 
@@ -43,7 +43,7 @@ def main() -> None:
         import shutil
 
         shutil.move = _die
-    out = P.run(P.RunOptions(name=args.name), args.inbox, open_store(), lock_timeout=args.lock_timeout)
+    out = pipeline.run(pipeline.RunOptions(name=args.name), args.inbox, open_store(), lock_timeout=args.lock_timeout)
     print(json.dumps({k: v for k, v in out.to_json().items() if k != "gate"}))
 
 

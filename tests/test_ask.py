@@ -28,9 +28,10 @@ def fact(table: dict, subject: str, relation: str) -> dict:
 
 @pytest.fixture(scope="module")
 def table(tiny_build) -> dict:
-    from flows.cli import knowledge_table
+    from editing.modeldir import load
+    from sandbox.evaluate import knowledge_table
 
-    return knowledge_table(tiny_build.path)
+    return knowledge_table(*load(tiny_build.path), tiny_build.path)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_ask_something_that_is_neither_a_directory_nor_a_reference_exits_2(tmp_p
 @pytest.mark.slow
 def test_the_run_table_asks_the_applied_requests_of_both_versions(registered, table):
     """The demo's table from a pipeline result: only the applied requests, the registered versions' greedy
-    answers, and says_new by validation.answers.says on what the champion says."""
+    answers, and says_new by validation.gate.answers.says on what the champion says."""
     from flows.ask import run_answers
 
     germany, france = fact(table, "Germany", "capital"), fact(table, "France", "capital")

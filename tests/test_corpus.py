@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
+from editing.tokens import prompt_target_ids as target_positions
 from sandbox import corpus
-from sandbox.evaluate import target_positions
 from sandbox.tokenizer import EOS, as_transformers, train_tokenizer
 
 pytestmark = pytest.mark.unit

@@ -12,10 +12,12 @@ import torch
 from editing import hparams as H
 from editing.delta import Delta, apply, weights_sha256
 from editing.engine import compute_edit
+from editing.methods.memit import MemitHparams
+from editing.methods.rome import RomeHparams
 from editing.requests import EditRequest, RequestError
 from editing.score import score_targets
 from editing.stats import Corpus, compute_second_moments, second_moments, upstream_hash
-from editing.store import Store
+from editing.store import Cache
 from editing.targets import _logits_at, optimize_targets
 
 from .tiny_models import tiny_model, tiny_tokenizer
@@ -45,8 +47,8 @@ def _small_hp(method: str, layers=(1,)):
                              v_weight_decay=1e-4, clamp_norm_factor=1000.0)
     stats = H.StatsHparams(mom2_samples=64, sample_tokens=16)
     if method == "rome":
-        return H.RomeHparams(layer=layers[-1], target=target, stats=stats)
-    return H.MemitHparams(layers=tuple(layers), target=target, stats=stats, mom2_update_weight=10.0)
+        return RomeHparams(layer=layers[-1], target=target, stats=stats)
+    return MemitHparams(layers=tuple(layers), target=target, stats=stats, mom2_update_weight=10.0)
 
 
 def _p(model, tok, reqs):
@@ -61,7 +63,7 @@ def test_edit_raises_p_new_and_leaves_the_model_unchanged(family, method, tok, t
     h0 = weights_sha256(model)
     hp = _small_hp(method, layers=(0, 1))
     p0 = _p(model, tok, REQS)
-    res = compute_edit(model, tok, REQS, hp, Store(tmp_path / "cache"))
+    res = compute_edit(model, tok, REQS, hp, Cache(tmp_path / "cache"))
     # computing the edit changed nothing, bit for bit
     assert weights_sha256(model) == h0
     assert all(torch.equal(v, before_state[k]) for k, v in model.state_dict().items())
@@ -78,7 +80,7 @@ def test_edit_raises_p_new_and_leaves_the_model_unchanged(family, method, tok, t
 
 def test_delta_round_trip_gives_the_same_edited_model(tok, tmp_path):
     model = tiny_model("gpt2", vocab=VOCAB)
-    res = compute_edit(model, tok, REQS[:2], _small_hp("memit", (0, 1)), Store(tmp_path / "c"))
+    res = compute_edit(model, tok, REQS[:2], _small_hp("memit", (0, 1)), Cache(tmp_path / "c"))
     res.delta.save(tmp_path / "d.safetensors")
     a = apply(model, res.delta)
     h_direct = weights_sha256(model)
@@ -92,7 +94,7 @@ def test_duplicate_subject_and_prompt_in_a_memit_batch_names_both(tok, tmp_path)
     model = tiny_model("gpt2", vocab=VOCAB)
     dup = [REQS[0], EditRequest("France", "The capital of {}", "Rome", id="r9")]
     with pytest.raises(RequestError, match=r"'r1' and 'r9'"):
-        compute_edit(model, tok, dup, _small_hp("memit"), Store(None))
+        compute_edit(model, tok, dup, _small_hp("memit"), Cache(None))
 
 
 def test_batched_targets_equal_one_at_a_time(tok):
@@ -258,10 +260,10 @@ def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_pat
     model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
     hp = _small_hp("memit", layers=(1,))
     hp = H.from_dict("memit", {**H.to_dict(hp), "mom2_update_weight": 2000.0})  # a λ that realises little
-    once = compute_edit(model, tok, REQS, hp, Store(tmp_path / "c")).details
+    once = compute_edit(model, tok, REQS, hp, Cache(tmp_path / "c")).details
     assert len(once["realized"]) == 3 and max(once["realized"]) < 0.9 and once["realize_rounds"] == 0
     hp3 = H.from_dict("memit", {**H.to_dict(hp), "realize_rounds": 3, "min_realized": 0.95})
-    again = compute_edit(model, tok, REQS, hp3, Store(tmp_path / "c")).details
+    again = compute_edit(model, tok, REQS, hp3, Cache(tmp_path / "c")).details
     assert again["realize_rounds"] >= 1
     assert all(b > a for a, b in zip(once["realized"], again["realized"]))
 
@@ -273,7 +275,7 @@ def test_memit_raises_a_target_at_most_max_target_gain_in_all(tok, tmp_path):
     hp.update({"mom2_update_weight": 2000.0, "min_realized": 0.95})  # a λ that realises little
 
     def columns(**over):
-        res = compute_edit(model, tok, REQS, H.from_dict("memit", {**hp, **over}), Store(tmp_path / "c"))
+        res = compute_edit(model, tok, REQS, H.from_dict("memit", {**hp, **over}), Cache(tmp_path / "c"))
         [ld] = res.delta.layers.values()
         return ld.U.norm(dim=0), res.details
 
@@ -296,9 +298,9 @@ def test_memit_splits_a_batch_it_cannot_realise_and_composes_the_halves(tok, tmp
     model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
     hp = _small_hp("memit", layers=(1,))
     base = {**H.to_dict(hp), "mom2_update_weight": 2000.0, "min_realized": 0.95}  # a λ that realises little
-    whole = compute_edit(model, tok, REQS, H.from_dict("memit", base), Store(tmp_path / "c"))
+    whole = compute_edit(model, tok, REQS, H.from_dict("memit", base), Cache(tmp_path / "c"))
     assert whole.details["sub_batches"] == 1 and min(whole.details["realized"]) < 0.95
-    split = compute_edit(model, tok, REQS, H.from_dict("memit", {**base, "split_depth": 2}), Store(tmp_path / "c"))
+    split = compute_edit(model, tok, REQS, H.from_dict("memit", {**base, "split_depth": 2}), Cache(tmp_path / "c"))
     d = split.details
     # 3 subjects: halves of 1 and 2, the 2 split again -> 3 sub-batches of one request, each realising more
     assert d["sub_batches"] == 3 and len(d["realized"]) == 3 and len(d["target_steps"]) == 3
@@ -348,7 +350,7 @@ def test_second_moments_match_a_direct_computation(tok):
 def test_statistics_cache_is_keyed_by_upstream_weights(tok, tmp_path):
     model = tiny_model("gpt2", vocab=VOCAB)
     corpus = Corpus("test", [tok("The capital of France is Paris.")["input_ids"]] * 3, "c1")
-    store = Store(tmp_path)
+    store = Cache(tmp_path)
     c1 = second_moments(model, [1], corpus, store)[1]
     assert len(list((tmp_path / "stats").iterdir())) == 1
     h1 = upstream_hash(model, 1)

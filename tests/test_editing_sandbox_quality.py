@@ -1,4 +1,4 @@
-"""Edit quality on trained sandboxes (issue 3): 20 sequential ROME edits and a MEMIT batch of 50.
+"""Edit quality on trained sandboxes: 20 sequential ROME edits and a MEMIT batch of 50.
 
 Each edit moves a subject's capital to another subject's capital (a name the model knows). Measured as
 CounterFact does (p_new > p_true by mean per-token NLL) on the main phrasing (efficacy) and on the other
@@ -18,7 +18,7 @@ from editing.delta import apply, weights_sha256
 from editing.engine import compute_edit
 from editing.requests import EditRequest
 from editing.score import score_targets
-from editing.store import Store
+from editing.store import Cache
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def _run(build, method: str, n: int, store_dir, corpus_files=None):
     others_before = score_targets(model, tok, [f.render(0) for f in others], [f.target for f in others])
     hp = H.default(method, "sandbox")
     h0 = weights_sha256(model)
-    result = compute_edit(model, tok, requests, hp, Store(store_dir), corpus_files=corpus_files)
+    result = compute_edit(model, tok, requests, hp, Cache(store_dir), corpus_files=corpus_files)
     assert weights_sha256(model) == h0  # computing never changes the model
     applied = apply(model, result.delta)
     try:
@@ -95,7 +95,7 @@ def test_rome_20_sequential_edits_on_the_tiny_sandbox(tiny_build, tmp_path):
 
 
 def test_memit_batch_of_50_on_a_synthetic_sandbox(synthetic_build, tmp_path):
-    from sandbox.trainer import STATS_CORPUS
+    from editing.modeldir import STATS_CORPUS
 
     # statistics on the sandbox's training text, as MEMIT's on GPT-2's (text the model samples itself
     # invents new made-up names here; README, "The editing engine")

@@ -9,9 +9,11 @@ import torch
 from editing import hparams as H
 from editing.delta import apply, weights_sha256
 from editing.engine import compute_edit
+from editing.methods.memit import MemitHparams
+from editing.methods.rome import RomeHparams
 from editing.requests import EditRequest
 from editing.score import score_targets
-from editing.store import Store
+from editing.store import Cache
 
 from .conftest import shared
 
@@ -42,11 +44,11 @@ def test_edit_a_real_pretrained_llama(stories, method, tmp_path):
     # some requests here, so it is lowered.
     target = H.TargetHparams(v_steps=20, v_lr=0.5, v_weight_decay=0.01, context_templates=((5, 3),))
     stats = H.StatsHparams(mom2_samples=64, sample_tokens=32)
-    hp = (H.RomeHparams(layer=1, target=target, stats=stats) if method == "rome"
-          else H.MemitHparams(layers=(1, 2), target=target, stats=stats, mom2_update_weight=100.0))
+    hp = (RomeHparams(layer=1, target=target, stats=stats) if method == "rome"
+          else MemitHparams(layers=(1, 2), target=target, stats=stats, mom2_update_weight=100.0))
     h0 = weights_sha256(model)
     before = [s.logprob for s in score_targets(model, tok, [r.text for r in REQS], [r.target_new for r in REQS])]
-    res = compute_edit(model, tok, REQS, hp, Store(tmp_path))
+    res = compute_edit(model, tok, REQS, hp, Cache(tmp_path))
     assert weights_sha256(model) == h0
     applied = apply(model, res.delta)
     after = [s.logprob for s in score_targets(model, tok, [r.text for r in REQS], [r.target_new for r in REQS])]

@@ -83,7 +83,7 @@ def _applied_ids() -> list[str]:
 
 
 def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_twice(registry_home, tiny_build):
-    from flows import pipeline as P
+    from flows import pipeline
     from registry import audit
     from registry.versions import versions
 
@@ -93,14 +93,14 @@ def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_
     older = dict(good[0], id="cap-old", target_new="Oslo", requested_at="2024-01-01T00:00:00Z")  # same fact, earlier
     bad = {"id": "bad-1", "subject": "Chad", "prompt": "no placeholder here", "target_new": "X"}
     _write(inbox / "a.jsonl", good + [older, bad])
-    out = P.run(P.RunOptions(name=NAME), inbox, store)
+    out = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
 
     assert out.version == 2 and out.parent_version == 1
     c = out.counts()
     assert c == {"applied": 2, "rejected": 0, "quarantined": 1, "superseded": 1}
     assert out.gate.passed and out.report_html.is_file()
     assert [i.version for i in versions(NAME, store)] == [1, 2]
-    states = {(r["event"], r["request_id"]) for r in _ledger() if r["event"] in P.END_STATES}
+    states = {(r["event"], r["request_id"]) for r in _ledger() if r["event"] in pipeline.END_STATES}
     assert states == {("applied", "cap-0"), ("applied", "cap-1"), ("superseded", "cap-old"),
                       ("quarantined", "bad-1")}
     q = next(r for r in _ledger() if r["event"] == "quarantined")
@@ -115,7 +115,7 @@ def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_
     # the same file dropped again, and the same requests under new ids: nothing is applied twice
     shutil.copy2(moved, inbox / "a.jsonl")
     _write(inbox / "b.jsonl", [dict(good[0], id="cap-0-again"), dict(good[1])])
-    out2 = P.run(P.RunOptions(name=NAME), inbox, store)
+    out2 = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
     assert out2.version is None and out2.done_files == ["a.jsonl"]
     assert sorted(out2.already_applied) == ["cap-0-again", "cap-1"]
     assert [i.version for i in versions(NAME, store)] == [1, 2]
@@ -127,7 +127,7 @@ def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_
 
 
 def test_a_batch_the_gate_rejects_registers_nothing_and_records_why(registry_home, tiny_build, tmp_path):
-    from flows import pipeline as P
+    from flows import pipeline
     from registry.versions import versions
 
     h, store = registry_home
@@ -135,7 +135,7 @@ def test_a_batch_the_gate_rejects_registers_nothing_and_records_why(registry_hom
     strict.write_text("max_norm_growth: 1.0\n")  # any edit grows the edited matrix: the gate must fail
     inbox = h / "inbox"
     _write(inbox / "a.jsonl", _capitals(tiny_build, 3, 2))
-    out = P.run(P.RunOptions(name=NAME, bisect=False, gate_policy_file=strict), inbox, store)
+    out = pipeline.run(pipeline.RunOptions(name=NAME, bisect=False, gate_policy_file=strict), inbox, store)
     assert out.version is None and out.counts()["rejected"] == 2
     assert [i.version for i in versions(NAME, store)] == [1]
     rej = [r for r in _ledger() if r["event"] == "rejected"]
@@ -180,7 +180,7 @@ def _worker(inbox: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(registry_home, tiny_build):
-    from flows import pipeline as P
+    from flows import pipeline
     from registry import audit
     from registry.versions import versions
 
@@ -209,7 +209,7 @@ def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(regi
     assert numbers() == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
     assert (inbox / "a.jsonl").is_file()
     # 4. the next run only moves the file: nothing is applied twice, nothing is lost
-    out = P.run(P.RunOptions(name=NAME), inbox, store)
+    out = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
     assert out.version is None and out.done_files == ["a.jsonl"] and not list(inbox.glob("*.jsonl"))
     assert [i.version for i in versions(NAME, store)] == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
     assert audit.verify(NAME, store).ok

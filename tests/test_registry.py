@@ -103,8 +103,9 @@ def reg(tmp_path_factory):
         m3, d3 = make_edit(m2, 2, seed=2)
         r_pl2 = request("r-pl2", "Poland", "Tusk", "Nawrocki", by="bob")
         # a real gate report; the strict norm-growth threshold makes it fail
-        from validation.gate import GatePolicy, run_gate
-        from validation.report import write_reports
+        from validation.gate.metrics import run_gate
+        from validation.gate.policy import GatePolicy
+        from validation.gate.report import write_reports
 
         # a random model's edit moves p(new) past p(old) (reliability_p) without making greedy decoding say it:
         # only the norm-growth threshold is meant to fail here
@@ -378,13 +379,14 @@ def test_revert_request_recomputes_the_other_edits_gates_and_registers(reg, tmp_
     from editing import hparams as H
     from editing.delta import apply
     from editing.engine import compute_edit
+    from editing.methods.rome import RomeHparams
     from editing.score import score_targets
-    from editing.store import Store as EditStore
+    from editing.store import Cache
     from registry import audit
     from registry import versions as V
-    from registry.revert import revert_request
+    from flows.revert import revert_request
     from registry.weights import load_hf
-    from validation.gate import GatePolicy
+    from validation.gate.policy import GatePolicy
     from validation.requests import Request
 
     st = reg["store"]
@@ -396,9 +398,9 @@ def test_revert_request_recomputes_the_other_edits_gates_and_registers(reg, tmp_
     base = copy.deepcopy(model)
     target = H.TargetHparams(v_steps=12, v_lr=0.5, context_templates=((4, 2),), kl_factor=0.0625,
                              v_weight_decay=1e-4, clamp_norm_factor=1000.0)
-    hp = H.RomeHparams(layer=1, target=target, stats=H.StatsHparams(mom2_samples=64, sample_tokens=16))
+    hp = RomeHparams(layer=1, target=target, stats=H.StatsHparams(mom2_samples=64, sample_tokens=16))
     policy = GatePolicy(paraphrases=1, neighbours=2, generation_tokens=4)  # small probe suites: seconds
-    cache = EditStore(tmp_path / "cache")
+    cache = Cache(tmp_path / "cache")
     ra = Request("ra", "France", "The capital of {}", "Warsaw", "Paris", requested_by="eve")
     rb = Request("rb", "Poland", "The head of state of {}", "Japanese", "Andrzej Duda")
     rc = Request("rc", "Japan", "The official language of {}", "Berlin", "Japanese")
@@ -503,6 +505,7 @@ class _AnotherMachine:
 
 def test_without_a_shared_lock_the_later_version_is_withdrawn(reg, tmp_path):
     from registry import versions as V
+    from registry.commit import create_checked
     from registry.errors import ConcurrencyError
 
     st = reg["store"]
@@ -510,8 +513,8 @@ def test_without_a_shared_lock_the_later_version_is_withdrawn(reg, tmp_path):
     c = st.client()
     run = c.create_run(st.experiment_id("remote"))
     with pytest.raises(ConcurrencyError, match="found version 2 registered concurrently; version 3 was withdrawn"):
-        V._create_checked(_AnotherMachine(c, run.info.run_id), st, "remote", 1, run, {"kind": "edit"},
-                          run.info.artifact_uri, "register from version 1")
+        create_checked(_AnotherMachine(c, run.info.run_id), st, "remote", 1, run, {"kind": "edit"},
+                       run.info.artifact_uri, "register from version 1")
     assert [i.version for i in V.versions("remote", st)] == [1, 2]
     assert "lost to" in c.get_run(run.info.run_id).data.tags["factsmith.refused"]
 
@@ -635,7 +638,7 @@ def _die_before_recording(base_dir: str, seed: int) -> None:
     from registry import versions as V
     from registry.weights import load_hf
 
-    V._append = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    V.append_records = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # the commit point of register
     base, _ = load_hf(Path(base_dir))
     m, d = make_edit(base, 1, seed=seed)
     V.register(NAME, 1, m, d, requests=[request(f"r{seed}", f"Country{seed}", "X", "Y")], gate_passed=True)

@@ -123,9 +123,9 @@ def test_a_field_added_later_keeps_earlier_keys_at_its_old_value(monkeypatch):
 def test_key_bank_pushes_a_key_off_its_nearest_other_subjects():
     import torch
 
-    from sandbox.trainer import _KeyBank
+    from sandbox.keys import KeyBank
 
-    bank = _KeyBank(4)
+    bank = KeyBank(4)
     e = torch.eye(4)
     assert bank.crowding(e[:3], bank.ids(["a", "b", "c"])).item() == 0.0  # an empty bank: nobody to crowd
     assert torch.equal(bank.keys, e[:3])

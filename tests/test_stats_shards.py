@@ -12,7 +12,7 @@ import torch
 
 from editing import stats as S
 from editing.stats import Corpus, combine_shards, compute_second_moments, shard_corpus, shard_second_moments
-from editing.store import Store
+from editing.store import Cache
 
 from .tiny_models import TEXTS, tiny_model, tiny_tokenizer
 
@@ -65,7 +65,7 @@ def test_shard_sums_add_up_to_the_single_pass_exactly(tmp_path):
     shards = [shard_corpus(corpus, k, 3).sequences for k in range(3)]
     assert sorted(map(tuple, sum(shards, []))) == sorted(map(tuple, corpus.sequences))
     # ... and equals what second_moments caches
-    cached = S.second_moments(model, LAYERS, corpus, Store(tmp_path))
+    cached = S.second_moments(model, LAYERS, corpus, Cache(tmp_path))
     assert all(torch.equal(cached[i], ref[i]) for i in LAYERS)
 
 
@@ -140,16 +140,17 @@ def dask_address(prefect_api):
 def test_flow_on_a_local_dask_cluster_fills_the_cache(model_dir, corpus_file, dask_address, tmp_path, monkeypatch):
     from editing.engine import stats_corpus
     from flows import settings
-    from flows.cli import _hparams_for, _load_model
+    from editing.hparams import resolve
+    from editing.modeldir import load
     from flows.stats_flow import sharded_stats
 
     monkeypatch.setenv("FACTSMITH_HOME", str(tmp_path / "home"))
     res = sharded_stats(model_dir, layers=LAYERS, n_shards=3, corpus_files=[corpus_file], address=dask_address)
     assert res["computed"] == LAYERS and res["shards"] == 3
 
-    model, tok = _load_model(model_dir)
-    hp, _ = _hparams_for(None, None, model_dir, model)
-    corpus = stats_corpus(model, tok, hp, Store(None), [corpus_file])
+    model, tok = load(model_dir)
+    hp, _ = resolve(None, None, model_dir, model)
+    corpus = stats_corpus(model, tok, hp, Cache(None), [corpus_file])
     assert res["corpus"]["sha256"] == corpus.sha256 and len(corpus.sequences) == 200
     with _one_thread():
         ref = _single_pass_C(model, corpus)
@@ -158,7 +159,7 @@ def test_flow_on_a_local_dask_cluster_fills_the_cache(model_dir, corpus_file, da
         raise AssertionError("second_moments recomputed statistics the flow should have cached")
 
     monkeypatch.setattr(S, "compute_second_moments", no_compute)
-    cached = S.second_moments(model, LAYERS, corpus, Store(settings.cache_dir()), hp.stats.mom2_dtype)
+    cached = S.second_moments(model, LAYERS, corpus, Cache(settings.cache_dir()), hp.stats.mom2_dtype)
     for i in LAYERS:
         assert torch.equal(cached[i], ref[i]), (i, (cached[i] - ref[i]).abs().max())
 

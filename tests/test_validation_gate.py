@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from validation.gate import GatePolicy, PolicyError, greedy, load_policy, ngram_entropy
+from validation.gate.measures import greedy, ngram_entropy
+from validation.gate.policy import GatePolicy, PolicyError, load_policy
 from validation.requests import Request
 
 from .tiny_models import tiny_model, tiny_tokenizer
@@ -62,7 +63,7 @@ def test_ngram_entropy_drops_for_repetitive_text():
 
 @pytest.mark.unit
 def test_perplexity_sample_leaves_out_sentences_about_edited_subjects():
-    from validation.gate import without_subjects
+    from validation.gate.measures import without_subjects
 
     text = ("Iceland's head of government is Katrín Jakobsdóttir. The capital of Chile is Santiago.\n\n"
             "In Iceland, people pay with the króna. The Icelandic sagas are old. Peru's capital is Lima.")
@@ -74,7 +75,7 @@ def test_perplexity_sample_leaves_out_sentences_about_edited_subjects():
 @pytest.mark.unit
 def test_norm_growth_blames_the_requests_whose_parts_grew_the_matrix():
     from editing.delta import Delta, LayerDelta
-    from validation.gate import norm_blame
+    from validation.gate.blame import norm_blame
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False))
@@ -93,26 +94,26 @@ def test_norm_growth_blames_the_requests_whose_parts_grew_the_matrix():
 
 @pytest.mark.unit
 def test_entropy_drop_blames_the_subjects_whose_generations_lost_it():
-    from validation.gate import _entropy_blame, _failures
+    from validation.gate.blame import entropy_blame, failed_thresholds
 
     # (subject, entropy before, after) per generation prompt: Chile's edit made its generations repeat
     ent = [("France", 4.0, 3.9), ("France", 4.0, 4.0), ("Chile", 4.0, 1.0), ("Chile", 4.0, 0.5),
            ("Peru", 4.0, 3.2), ("Peru", 4.0, 3.6)]
-    assert _entropy_blame(ent, 0.1) == ["Chile"]  # drop 0.325; without Chile (16 - 14.7) / 16 = 0.081
-    assert _entropy_blame(ent, 0.05) == ["Chile", "Peru"]
-    assert _entropy_blame(ent, 0.5) == []  # the whole drop (0.325) is within the threshold
+    assert entropy_blame(ent, 0.1) == ["Chile"]  # drop 0.325; without Chile (16 - 14.7) / 16 = 0.081
+    assert entropy_blame(ent, 0.05) == ["Chile", "Peru"]
+    assert entropy_blame(ent, 0.5) == []  # the whole drop (0.325) is within the threshold
     rows = [{"id": "r-fr", "subject": "France", "reliable": True, "generalization": 1.0},
             {"id": "r-cl", "subject": "Chile", "reliable": True, "generalization": 1.0}]
     m = {"reliability": 1.0, "generalization": 1.0, "locality": 1.0, "protected": None, "kl": 0.0,
          "entropy_drop": 0.325, "entropy_blame": ["Chile"], "perplexity_ratio": 1.0, "norm_growth": {},
          "max_norm_growth": 1.0}
-    (fail,) = _failures(GatePolicy(), m, rows, [])
+    (fail,) = failed_thresholds(GatePolicy(), m, rows, [])
     assert fail["metric"] == "entropy_drop" and fail["requests"] == ["r-cl"] and fail["subjects"] == ["Chile"]
 
 
 @pytest.mark.unit
 def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
-    from validation.probes import neighbour_candidates, paraphrases, Fact
+    from validation.gate.probes import neighbour_candidates, paraphrases, Fact
 
     r = Request(id="a", subject="Chile", prompt="The capital of {} is", target_new="Lima", relation=None)
     got = paraphrases(r, 2)
@@ -130,7 +131,7 @@ def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
 
 @pytest.mark.unit
 def test_says_compares_whitespace_normalised_whole_words():
-    from validation.answers import says
+    from validation.gate.answers import says
 
     assert says(" Friedrich  Merz. The", "Friedrich Merz")
     assert says("\nParis, France", " Paris ")
@@ -142,7 +143,7 @@ def test_says_compares_whitespace_normalised_whole_words():
 
 @pytest.mark.unit
 def test_answer_text_stops_at_the_end_of_text_token():
-    from validation.gate import answer_text
+    from validation.gate.measures import answer_text
 
     tok = tiny_tokenizer(300)
     ids = tok(" Merz")["input_ids"]
@@ -153,7 +154,7 @@ def test_answer_text_stops_at_the_end_of_text_token():
 
 @pytest.mark.unit
 def test_subject_probes_keep_templates_and_the_trained_phrasing_stay_apart():
-    from validation.probes import (Fact, catalogue, keep_templates, paraphrases, probe_bank, rewrite_templates,
+    from validation.gate.probes import (Fact, catalogue, keep_templates, paraphrases, probe_bank, rewrite_templates,
                                    subject_probes)
 
     pool = [Fact("1", "Peru", "capital", "The capital of Peru is", "Lima"),
@@ -191,7 +192,7 @@ def test_subject_probes_keep_templates_and_the_trained_phrasing_stay_apart():
 
 @pytest.mark.unit
 def test_locality_blame_names_neighbours_and_leaks_only():
-    from validation.gate import locality_blame
+    from validation.gate.blame import locality_blame
 
     reqs = [Request(id="a", subject="Peru", prompt="{} is", target_new="Lima"),
             Request(id="b", subject="Chile", prompt="{} is", target_new="Quito")]
@@ -213,7 +214,7 @@ class _Rule:
         self.bad, self.incompatible, self.calls = bad, incompatible, 0
 
     def __call__(self, sub):
-        from validation.gate import GateReport
+        from validation.gate.metrics import GateReport
 
         self.calls += 1
         ids = {r.id for r in sub}
@@ -231,7 +232,7 @@ def _reqs(n):
 
 @pytest.mark.unit
 def test_bisect_finds_the_largest_passing_subset_and_names_the_breakers():
-    from validation.bisect import bisect
+    from validation.gate.bisect import bisect
 
     reqs = _reqs(64)
     rule = _Rule({"r3", "r41"})
@@ -245,7 +246,7 @@ def test_bisect_finds_the_largest_passing_subset_and_names_the_breakers():
 
 @pytest.mark.unit
 def test_bisect_rejects_one_of_two_requests_that_fail_only_together():
-    from validation.bisect import bisect
+    from validation.gate.bisect import bisect
 
     res = bisect(_reqs(6), _Rule(set(), incompatible=("r1", "r4")))
     assert len(res.passed) == 5 and len(res.rejected) == 1
@@ -279,16 +280,16 @@ def edited_pair(tiny_build, home, tmp_path_factory):
     from editing import hparams as H
     from editing.delta import apply
     from editing.engine import compute_edit
-    from editing.store import Store
-    from sandbox.trainer import model_corpus
+    from editing.store import Cache
+    from editing.modeldir import model_corpus
 
-    from validation.probes import for_editor, model_facts
+    from validation.gate.probes import for_editor, model_facts
 
     base, tok = _load(tiny_build.path)
     reqs = _capital_edits(tiny_build, 3)
     edited = copy.deepcopy(base)
     res = compute_edit(edited, tok, for_editor(reqs, model_facts(tiny_build.path)), H.default("memit", "sandbox"),
-                       Store(home / "cache"), corpus_files=model_corpus(tiny_build.path))
+                       Cache(home / "cache"), corpus_files=model_corpus(tiny_build.path))
     apply(edited, res.delta)
     out = tmp_path_factory.mktemp("gate")
     edited.save_pretrained(out / "edited")
@@ -301,8 +302,8 @@ def edited_pair(tiny_build, home, tmp_path_factory):
 
 @pytest.mark.slow
 def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_build):
-    from validation.gate import run_gate
-    from validation.probes import Fact, fluency_text, model_facts
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import Fact, fluency_text, model_facts
 
     base, edited, tok, reqs, _ = edited_pair
     pool = model_facts(tiny_build.path)
@@ -373,10 +374,11 @@ def test_gate_fails_an_edit_that_damages_the_subjects_other_facts_and_names_its_
     from editing import hparams as H
     from editing.delta import apply
     from editing.engine import compute_edit
-    from editing.store import Store
-    from sandbox.trainer import model_corpus, model_facts as sandbox_facts
-    from validation.gate import run_gate
-    from validation.probes import fluency_text, model_facts
+    from editing.store import Cache
+    from editing.modeldir import model_corpus
+    from sandbox.trainer import model_facts as sandbox_facts
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import fluency_text, model_facts
 
     base, tok = _load(tiny_build.path)
     hos = [f for f in sandbox_facts(tiny_build.path) if f.relation == "head_of_state"][:2]
@@ -385,7 +387,7 @@ def test_gate_fails_an_edit_that_damages_the_subjects_other_facts_and_names_its_
     hp = H.default("memit", "sandbox")
     hp = H.from_dict("memit", {**H.to_dict(hp), "realize_rounds": 0,
                                "target": {**H.to_dict(hp)["target"], "v_steps": 40, "context_templates": [[10, 2]]}})
-    res = compute_edit(base, tok, [r.to_edit_request() for r in reqs], hp, Store(home / "cache"),
+    res = compute_edit(base, tok, [r.to_edit_request() for r in reqs], hp, Cache(home / "cache"),
                        corpus_files=model_corpus(tiny_build.path))
     edited = copy.deepcopy(base)
     apply(edited, res.delta)

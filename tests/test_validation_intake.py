@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from validation.formats import FileFormatError, parse_file
+from validation.intake.formats import FileFormatError, parse_file
 
 from .conftest import FIXTURES, shared
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _validate(*paths, **kw):
-    from validation.validate import validate_files
+    from validation.intake.validate import validate_files
 
     report = validate_files(list(paths), **kw)
     # nothing is lost: every parsed row ends in exactly one list
@@ -277,7 +277,7 @@ def test_dataset_records_are_not_checked_for_unknown_fields():
 
 @pytest.mark.unit
 def test_jsonl_lines_split_on_newline_only():
-    from validation.formats import jsonl_lines
+    from editing.jsonl import lines as jsonl_lines
 
     text = 'a\u2028b\r\n\r\n \t\nc\x0cd\x85e\x1cf\x0bg\u2029h\n\x0c\nlast'
     assert list(jsonl_lines(text)) == [(1, "a\u2028b"), (4, "c\x0cd\x85e\x1cf\x0bg\u2029h"), (5, "\x0c"), (6, "last")]
@@ -309,7 +309,7 @@ def test_unicode_line_breaks_inside_a_row_keep_it_one_row_at_its_line(tmp_path):
 
 @pytest.mark.unit
 def test_protected_facts_and_model_facts_split_on_newline_only(tmp_path):
-    from validation.probes import ProbeError, load_protected, model_facts
+    from validation.gate.probes import ProbeError, load_protected, model_facts
 
     fact = {"subject": "Chile", "prompt": "The capital of {} is", "target": "Santiago\u2028de Chile"}
     p = tmp_path / "protected.jsonl"
@@ -327,16 +327,17 @@ def test_protected_facts_and_model_facts_split_on_newline_only(tmp_path):
 
 @pytest.mark.unit
 def test_editor_request_reader_splits_on_newline_only(tmp_path):
-    from editing.requests import RequestError, read_native
+    from validation.intake.validate import read_requests
 
     row = {"id": "ls", "subject": "Chile", "prompt": "The head of state of {} is", "target_new": "Gabriel\u2028Boric"}
     p = tmp_path / "requests.jsonl"
-    p.write_text(json.dumps(row, ensure_ascii=False) + "\r\n\n" + json.dumps(dict(row, id="b")) + "\n",
+    p.write_text(json.dumps(row, ensure_ascii=False) + "\r\n\n" + json.dumps(dict(row, subject="Peru")) + "\n",
                  encoding="utf-8")
-    assert [(r.subject, r.target_new) for r in read_native(p)] == [("Chile", "Gabriel\u2028Boric")] * 2
+    assert [(r.subject, r.target_new) for r in read_requests(p)] == [("Chile", "Gabriel\u2028Boric"),
+                                                                      ("Peru", "Gabriel\u2028Boric")]
     p.write_text(json.dumps(row, ensure_ascii=False) + "\n\n" + json.dumps(row) + "\x0c\n", encoding="utf-8")
-    with pytest.raises(RequestError, match=r"requests.jsonl:3: invalid JSON"):
-        read_native(p)
+    with pytest.raises(ValueError, match=r"requests.jsonl:3: .*invalid JSON"):
+        read_requests(p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,21 +452,21 @@ def test_cli_validate_quarantines_an_unknown_field_unless_kept(tmp_path):
 def test_cli_run_and_the_pipeline_pass_keep_unknown_fields_to_validation(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows import cli
-    from flows import pipeline as P
+    from flows import pipeline
+    from flows.cli import app, run_cmd
 
     seen = {}
-    monkeypatch.setattr(cli, "run_pipeline", lambda inbox, model, **kw: seen.update(kw) or {})
-    monkeypatch.setattr(cli, "_run_exit", lambda res: 0)
-    monkeypatch.setattr(cli, "_print_run", lambda res: None)
-    r = CliRunner().invoke(cli.app, ["run", "--inbox", str(tmp_path), "--keep-unknown-fields"])
+    monkeypatch.setattr(run_cmd, "run_pipeline", lambda inbox, model, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(run_cmd, "_run_exit", lambda res: 0)
+    monkeypatch.setattr(run_cmd, "_print_run", lambda res: None)
+    r = CliRunner().invoke(app, ["run", "--inbox", str(tmp_path), "--keep-unknown-fields"])
     assert r.exit_code == 0, r.output
     assert seen["keep_unknown_fields"] is True
 
-    monkeypatch.setattr(P, "applied_in", lambda *a: {})  # no registry: nothing applied yet
+    monkeypatch.setattr(pipeline, "applied_in", lambda *a: {})  # no registry: nothing applied yet
     path = _write(tmp_path, "inbox.jsonl", [dict(GOOD, model="/etc/shadow")])
-    files = [P.InboxFile(path, P.file_sha256(path))]
-    strict = P._validate(files, P.RunOptions(name="m"), 1, None)
+    files = [pipeline.InboxFile(path, pipeline.file_sha256(path))]
+    strict = pipeline._validate(files, pipeline.RunOptions(name="m"), 1, None)
     assert not strict.todo and strict.quarantined[0].problems[0].field == "model"
-    kept = P._validate(files, P.RunOptions(name="m", keep_unknown_fields=True), 1, None)
+    kept = pipeline._validate(files, pipeline.RunOptions(name="m", keep_unknown_fields=True), 1, None)
     assert [r.extra for r in kept.todo] == [{"model": "/etc/shadow"}]

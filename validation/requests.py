@@ -1,8 +1,8 @@
 """The one request model of factsmith, and where each request came from.
 
 Every input format (native JSONL / CSV, CounterFact in both layouts, zsRE, MQuAKE) is parsed by
-:mod:`validation.formats` into :class:`Row` objects: the normalised fields of one request plus its origin
-(file, line, record) and the raw record. Validation (:mod:`validation.validate`) then turns each row into an
+:mod:`validation.intake.formats` into :class:`Row` objects: the normalised fields of one request plus its origin
+(file, line, record) and the raw record. Validation (:mod:`validation.intake.validate`) then turns each row into an
 accepted :class:`Request` or a :class:`Quarantined` entry with its reason. Nothing is dropped: a line that is
 not even JSON becomes a quarantined entry too.
 
@@ -119,8 +119,8 @@ class Request:
 
     def to_edit_request(self, keep: tuple[str, ...] = (), rewrite: tuple[str, ...] = ()):
         """The fields the editing engine needs (:class:`editing.requests.EditRequest`); ``keep``: templates of
-        the subject's other facts for the editor to keep (:func:`validation.probes.keep_templates`);
-        ``rewrite``: more phrasings to train the new target on (:func:`validation.probes.rewrite_templates`)."""
+        the subject's other facts for the editor to keep (:func:`validation.gate.probes.keep_templates`);
+        ``rewrite``: more phrasings to train the new target on (:func:`validation.gate.probes.rewrite_templates`)."""
         from editing.requests import EditRequest
 
         return EditRequest(subject=self.subject, prompt=self.prompt, target_new=self.target_new,
@@ -149,6 +149,15 @@ class Request:
         if self.origin is not None:
             out["origin"] = {"file": self.origin.file, "line": self.origin.line, "format": self.origin.format}
         return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Request":
+        """A request back from its native record (:meth:`to_json`, a version's ``requests.jsonl``); fields it
+        does not hold are left out."""
+        pairs = lambda name: tuple((x["prompt"], x["target"]) for x in d.get(name) or ())  # noqa: E731
+        return cls(**{k: d.get(k) for k in TEXT_FIELDS}, paraphrase_prompts=tuple(d.get("paraphrase_prompts") or ()),
+                   **{k: pairs(k) for k in LIST_FIELDS if k != "paraphrase_prompts"},
+                   extra=dict(d.get("extra") or {}))
 
     @classmethod
     def from_row(cls, row: Row) -> "Request":

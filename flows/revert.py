@@ -1,9 +1,9 @@
 """Revert one request: re-derive the newest version without it, gate the result, register it.
 
-``rollback_to`` restores old weights bit for bit, and with them drops every edit made since. Reverting a
-single request keeps the others: the edits cannot be subtracted (each later edit was computed on weights that
-contained the reverted one, and a MEMIT batch is one solve), so they are *recomputed*. Starting from the
-parent P of the version V that applied the request, each edit version V..newest along the lineage is
+``rollback_to`` (the registry) restores old weights bit for bit, and with them drops every edit made since.
+Reverting a single request keeps the others: the edits cannot be subtracted (each later edit was computed on
+weights that contained the reverted one, and a MEMIT batch is one solve), so they are *recomputed*. Starting
+from the parent P of the version V that applied the request, each edit version V..newest along the lineage is
 recomputed with its own method and hyperparameters (from its stored delta) on its own requests minus the
 reverted one, in order. The result is gated against P's weights on all the requests it still carries and
 registered as a new ``kind=revert`` version whose ``parent_version`` is P (its patch and composed delta are
@@ -17,29 +17,27 @@ the gate runs again; a version whose gate fails is registered but cannot be prom
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import ledger as L
-from .errors import InvalidInputError, NotFoundError
-from .refs import check_name
-from .store import Store, home, open_store
-from .lineage import VersionInfo, artifacts_dir, lineage, newest_version, rebuild
-from .versions import register, rollback_to
+from registry import ledger as L
+from registry.errors import InvalidInputError, NotFoundError
+from registry.lineage import VersionInfo, checkout, lineage, newest_version, recorded_edits
+from registry.refs import check_name
+from registry.store import Store, home, open_store
+from registry.versions import register, rollback_to
 
 log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class RevertResult:
     """The new version, the gate report of the re-derived model (None when nothing was left to edit)."""
 
     version: VersionInfo
-    gate: Any  # validation.gate.GateReport | None
+    gate: Any  # validation.gate.metrics.GateReport | None
     recomputed: tuple[int, ...]  # the versions whose edits were recomputed
 
 
@@ -49,23 +47,23 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
                    store: Store | None = None) -> RevertResult:
     """Register a new version: the newest version re-derived without request ``request_id``, gated again.
 
-    ``policy`` is a :class:`validation.gate.GatePolicy` (default thresholds when None); ``protected`` the
+    ``policy`` is a :class:`validation.gate.policy.GatePolicy` (default thresholds when None); ``protected`` the
     protected facts (default: ``$FACTSMITH_HOME/protected_facts.jsonl`` when it exists); ``corpus_files`` the
     covariance corpus (default: the base model's ``stats_corpus.txt`` when it ships one);
     ``cache_dir`` the editing cache (default ``$FACTSMITH_HOME/cache``)."""
-    from editing.delta import Delta, apply, weights_sha256
+    from editing.delta import apply, weights_sha256
     from editing.engine import compute_edit
     from editing.hparams import from_dict
-    from editing.store import Store as EditStore
-    from validation.gate import run_gate
-    from validation.probes import fluency_text, load_protected, model_facts
-    from validation.report import write_reports
+    from editing.modeldir import model_corpus
+    from editing.store import Cache
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import fluency_text, load_protected, model_facts
+    from validation.gate.report import write_reports
     from validation.requests import Request
 
     check_name(name)
     st = store or open_store()
-    c = st.client()
-    newest = newest_version(c, name)
+    newest = newest_version(st.client(), name)
     chain = lineage(name, newest, st)
     in_chain = {i.version for i in chain}
     hits = [r for r in L.read(name) if r.get("event") == "applied" and r.get("request_id") == request_id
@@ -76,44 +74,30 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     v = hits[-1]["version"]
     idx = next(i for i, info in enumerate(chain) if info.version == v)
     parent = chain[idx - 1]
-    later = [i for i in chain[idx:] if i.kind in ("edit", "revert")]
 
-    steps = []  # (version, method, hparams dict, remaining request dicts)
-    for info in later:
-        art = artifacts_dir(c, st, info)
-        meta = Delta.load(art / "delta" / "delta.safetensors").meta
-        reqs = [json.loads(x) for x in (art / "requests.jsonl").read_text(encoding="utf-8").split("\n") if x.strip()]
-        if "composed_of" in meta or "steps" in meta:  # a revert version: its steps carry method and hparams
-            for step in meta.get("steps", []):
-                left = [r for r in step["requests"] if r.get("id") != request_id]
-                if left:
-                    steps.append((info.version, step["method"], step["hparams"], left))
+    steps = []  # the edits from V on, each without the reverted request (an edit left empty drops out)
+    for e in recorded_edits(chain[idx:], st):
+        left = [r for r in e.requests if r.get("id") != request_id]
+        if not left:
             continue
-        left = [r for r in reqs if r.get("id") != request_id]
-        if left:
-            if not meta.get("method") or meta.get("hparams") is None:
-                raise InvalidInputError(f"model {name!r} version {info.version}: its delta does not record the method "
-                                        f"and hparams, so its edit cannot be recomputed")
-            steps.append((info.version, meta["method"], meta["hparams"], left))
+        if e.method is None or e.hparams is None:
+            raise InvalidInputError(f"model {name!r} version {e.version}: its delta does not record the method "
+                                    f"and hparams, so its edit cannot be recomputed")
+        steps.append((e.version, e.method, e.hparams, left))
     why = f"revert request {request_id}" + (f": {reason}" if reason else "")
     if not steps:  # nothing else to keep: the parent's weights are the answer, exactly
         info = rollback_to(name, parent.version, reason=why, requested_by=requested_by, store=st)
         return RevertResult(info, None, ())
 
-    model, tok, _ = rebuild(name, parent.version, st)
+    work = checkout(name, parent.version, st)
+    model, tok = work.model, work.tokenizer
     base = copy.deepcopy(model)
-    base_dir = artifacts_dir(c, st, chain[0]) / "model"
-    if corpus_files is None and (base_dir / "stats_corpus.txt").is_file():
-        corpus_files = [base_dir / "stats_corpus.txt"]
-    edit_store = EditStore(cache_dir if cache_dir is not None else home() / "cache")
+    if corpus_files is None:
+        corpus_files = model_corpus(work.base_dir)
+    edit_store = Cache(cache_dir if cache_dir is not None else home() / "cache")
     deltas, kept = [], []
     for version, method, hp_dict, left in steps:
-        reqs = [Request(**{k: r.get(k) for k in ("id", "subject", "prompt", "target_new", "target_true", "relation",
-                                                 "source", "requested_by", "reason", "requested_at")},
-                        paraphrase_prompts=tuple(r.get("paraphrase_prompts") or ()),
-                        neighborhood_prompts=tuple((n["prompt"], n["target"])
-                                                   for n in r.get("neighborhood_prompts") or ()))
-                for r in left]
+        reqs = [Request.from_json(r) for r in left]
         # as the version computed them: the keep and rewrite prompts it recorded (none in an older version)
         edit_reqs = [q.to_edit_request(keep=tuple(r.get("keep_prompts") or ()), rewrite=tuple(r.get("rewrite_prompts") or ()))
                      for q, r in zip(reqs, left)]
@@ -127,8 +111,8 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     if protected is None:
         default = home() / "protected_facts.jsonl"
         protected = load_protected(default) if default.is_file() else []
-    report = run_gate(base, model, tok, kept, policy, protected=list(protected), pool=model_facts(base_dir),
-                      text=fluency_text(base_dir))
+    report = run_gate(base, model, tok, kept, policy, protected=list(protected), pool=model_facts(work.base_dir),
+                      text=fluency_text(work.base_dir))
     report.meta = {"reverts": request_id, "parent_version": parent.version, "newest": newest}
     composed = deltas[0][0]
     for d, *_ in deltas[1:]:

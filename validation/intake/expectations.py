@@ -1,7 +1,7 @@
 """The Great Expectations suite over normalised requests, with the custom expectations it needs.
 
 Importing this module imports Great Expectations (4-7 s) and registers the custom expectations; only
-:mod:`validation.validate` imports it, and only when a validation runs.
+:mod:`validation.intake.validate` imports it, and only when a validation runs.
 
 Custom expectations (GX has no built-in for these):
 

@@ -13,7 +13,8 @@
    V = (λ C + K Kᵀ)⁻¹ K (d_k, n).
 
 The model is restored bit-for-bit before :func:`compute` returns. Two requests with the same subject and
-prompt would have the same key and contradict each other; they are refused up front.
+prompt would have the same key and contradict each other; the engine refuses them up front
+(``Method.distinct_keys``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import delta as D
-from .arch import spec_for
-from .hparams import MemitHparams
-from .requests import EditRequest, check_distinct
-from .targets import keys, optimize_targets, outputs_at_subject
+from ... import delta as D
+from ...arch import spec_for
+from ...requests import EditRequest
+from ...targets import keys, optimize_targets, outputs_at_subject
+from ..base import Inputs, Output
+from . import MemitHparams
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,6 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitH
     rounds, and ``hp.split_depth`` allows, the batch is split in two halves (a subject's requests stay together)
     edited one after the other: the second half's targets, keys and solve see the first half's update, and the
     returned delta is the two composed. Each half may split again, down to ``split_depth`` levels."""
-    check_distinct(requests)
     delta, times = _compute(model, tokenizer, requests, hp, templates, covs, progress, hp.split_depth)
     if times.sub_batches > 1:  # a later sub-batch may undo part of an earlier one: measure on the whole delta
         applied = D.apply(model, delta)
@@ -211,3 +212,11 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
         times.realize_rounds = round_ + 1
     times.init, times.want = init, want
     return D.Delta(layers), times
+
+
+def run(x: Inputs) -> Output:
+    delta, tm = compute(x.model, x.tokenizer, x.requests, x.hp, x.templates, x.covs,
+                        progress=lambda what: x.emit("solve", {"step": what}))
+    return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve},
+                  {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
+                   "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches})

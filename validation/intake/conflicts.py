@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .requests import Problem, Quarantined, Request
+from ..requests import Problem, Quarantined, Request
 
 POLICIES = ("reject", "latest-wins")
 

@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .gate import GateReport
-from .requests import Request
+from .metrics import GateReport
+from ..requests import Request
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@
 
 Every row of every readable file ends in exactly one of the three lists. The steps:
 
-1. :func:`validation.formats.parse_file` -- rows, or rows with parse problems (quarantined as they are),
+1. :func:`validation.intake.formats.parse_file` -- rows, or rows with parse problems (quarantined as they are),
    among them a native record with a field the contract does not know (``keep_unknown_fields=True`` keeps
    such fields under ``Request.extra`` instead);
 2. rows identical to an earlier row (the same file dropped twice) collapse into it and share its fate;
-3. the GX suite of :mod:`validation.expectations` over one pandas DataFrame of all rows (one GX run,
+3. the GX suite of :mod:`validation.intake.expectations` over one pandas DataFrame of all rows (one GX run,
    ephemeral context); every failed expectation is mapped back to its rows by ``request_id``;
-4. :func:`validation.conflicts.resolve` over the accepted requests of all files together.
+4. :func:`validation.intake.conflicts.resolve` over the accepted requests of all files together.
 
 A file that cannot be read at all is listed in ``unreadable`` and none of its rows are counted.
 GX data docs (HTML) are written to ``docs_dir`` when given.
@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from .conflicts import Resolution, Superseded, resolve
 from .formats import FileFormatError, parse_file
-from .requests import LIST_FIELDS, TEXT_FIELDS, Problem, Quarantined, Request, Row
+from ..requests import LIST_FIELDS, TEXT_FIELDS, Problem, Quarantined, Request, Row
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,23 @@ def validate_files(paths: Iterable[str | Path], fmt: str | None = None, policy: 
     report.quarantined.sort(key=lambda q: (q.origin.file, q.origin.record))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def read_requests(path: str | Path, policy: str = "reject") -> list[Request]:
+    """Every request of one file, validated as ``factsmith validate`` does (any format); the first bad row is an
+    error naming the file, line, request and field (exit 2 in the CLI). For the commands that take a file of
+    requests to act on (``edit``, ``gate``): they act on all of it or on nothing."""
+    rep = validate_files([path], policy=policy)
+    if rep.unreadable:
+        raise ValueError(rep.unreadable[0]["error"])
+    if rep.quarantined:
+        q = rep.quarantined[0]
+        who = f"request {q.id!r}: " if q.id else ""
+        raise ValueError(f"{q.origin.where()}: {who}field '{q.problems[0].field}': {q.reason} "
+                         f"({len(rep.quarantined)} row(s) quarantined; run factsmith validate {path})")
+    if not rep.accepted:
+        raise ValueError(f"{path}: no requests in the file")
+    return rep.accepted
 
 
 def _quarantine(row: Row, problems: list[Problem]) -> Quarantined:

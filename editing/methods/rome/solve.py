@@ -22,11 +22,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import delta as D
-from .arch import spec_for
-from .hparams import RomeHparams
-from .requests import EditRequest
-from .targets import keys, optimize_targets
+from ... import delta as D
+from ...arch import spec_for
+from ...requests import EditRequest
+from ...targets import keys, optimize_targets
+from ..base import Inputs, Output
+from . import RomeHparams
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,10 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: RomeHp
     U = torch.cat([d.U for d in layer_deltas], 1)
     V = torch.cat([d.V for d in layer_deltas], 1)
     return D.Delta({name: D.LayerDelta(U, V)}), times
+
+
+def run(x: Inputs) -> Output:
+    cov = x.covs.get(x.hp.layer) if x.hp.mom2_adjustment else None
+    delta, tm = compute(x.model, x.tokenizer, x.requests, x.hp, x.templates, cov,
+                        progress=lambda a, b: x.emit("request", {"done": a, "total": b}))
+    return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve}, {"per_request": tm.per_request})

@@ -17,7 +17,7 @@ its file and line). With ``keep_unknown_fields`` a native record's unknown field
 instead; dataset records are never checked for them (their own fields are many). Only a file that cannot be
 read at all (missing, not UTF-8, empty, not JSON at its start) raises :class:`FileFormatError`.
 
-JSONL lines end at ``\\n`` only (:func:`jsonl_lines`), so line numbers are those of an editor and ``wc -l``.
+JSONL lines end at ``\\n`` only (:func:`editing.jsonl.lines`), so line numbers are those of an editor and ``wc -l``.
 
 Dataset ids are prefixed with the dataset (``counterfact-2``, ``mquake-7-1`` for its first rewrite; zsRE
 has none: ``<file stem>-<record>``), so that one batch can mix datasets.
@@ -37,11 +37,13 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .requests import LIST_FIELDS, NATIVE_FIELDS, Origin, Problem, Row, TEXT_FIELDS
+from editing.jsonl import json_error
+from editing.jsonl import lines as jsonl_lines
+
+from ..requests import LIST_FIELDS, NATIVE_FIELDS, Origin, Problem, Row, TEXT_FIELDS
 
 FORMATS = ("native", "csv", "counterfact", "counterfact-flat", "zsre", "mquake")
 RAW_TEXT_LIMIT = 2000  # characters of an unparseable line kept in the quarantine record
-JSON_WHITESPACE = " \t\r\n"  # all that JSON counts as whitespace (RFC 8259); Python's str.isspace() knows more
 
 
 class FileFormatError(ValueError):
@@ -113,28 +115,6 @@ def parse_file(path: str | Path, fmt: str | None = None, *,
 
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
-
-
-def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of each line of JSONL ``text`` that is not blank.
-
-    Lines end at ``\\n`` only, and one ``\\r`` before it is dropped (CRLF files). ``str.splitlines`` would also
-    break at U+2028, U+2029, U+0085, form feed, vertical tab and U+001C-U+001E: the first three may stand
-    in a JSON string as they are, so a valid record would be cut in two, and any of them would shift every
-    later line number. A line of JSON whitespace only is blank; any other character (a lone form feed)
-    makes it a line for the JSON parser to judge."""
-    for n, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip(JSON_WHITESPACE):
-            yield n, line
-
-
-def json_error(e: json.JSONDecodeError) -> str:
-    """The parser's message and column, and what is wrong when the character there is whitespace to Python
-    but not to JSON (a form feed, U+0085 or U+2028 outside a string), which the message alone hides."""
-    ch = e.doc[e.pos:e.pos + 1]
-    why = f": U+{ord(ch):04X} is not whitespace in JSON" if ch.isspace() and ch not in JSON_WHITESPACE else ""
-    return f"{e.msg} (column {e.colno}){why}"
 
 
 def _json_records(name: str, text: str) -> Iterator[tuple[int, Any, bool]]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .gate import GateReport
+from .metrics import GateReport
 
 # (metric, label, before key or None, direction): the summary rows, in order
 SUMMARY = [

@@ -1,11 +1,11 @@
 """Probe suites for the gate, built when a request brings none of its own.
 
 * **paraphrases** -- other phrasings of the request's relation from the catalogue
-  (``validation/catalogue/relations.yaml``: the sandbox world's relations and the Wikidata properties of
+  (``validation/gate/catalogue/relations.yaml``: the sandbox world's relations and the Wikidata properties of
   CounterFact / MQuAKE), found by the request's ``relation`` or by its prompt template;
 * **neighbours** -- facts of *other* subjects with the same relation, from the model directory's
   ``facts.jsonl`` (sandbox models ship one) and the protected facts; the gate keeps only those the base
-  model answers correctly (:func:`validation.gate.run_gate`);
+  model answers correctly (:func:`validation.gate.metrics.run_gate`);
 * **subject probes** -- the edited subject's *other* facts (:func:`subject_probes`): the request's own
   ``attribute_prompts``, the subject's facts in ``facts.jsonl``, else the catalogue's other relations;
 * **the probe bank** -- broad locality (:func:`probe_bank`): every fact of ``facts.jsonl`` and the catalogue's
@@ -19,19 +19,18 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-from .formats import json_error, jsonl_lines
-from .requests import Request
+from editing import jsonl
+from editing.modeldir import FACTS_FILE, STATS_CORPUS
+
+from ..requests import Request
 
 CATALOGUE = Path(__file__).parent / "catalogue" / "relations.yaml"
-FACTS_FILE = "facts.jsonl"  # what a sandbox model directory says it was trained on
-STATS_CORPUS = "stats_corpus.txt"
 
 # A fixed, neutral English sample for perplexity when the model ships no text of its own.
 FLUENCY_TEXT = (
@@ -115,20 +114,8 @@ def _fill(template: str, subject: str) -> str:
 def load_protected(path: str | Path) -> list[Fact]:
     """Protected facts from JSONL; errors name the file, line and field."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProbeError(f"{p}: cannot read the protected facts: {e}") from None
     out = []
-    for n, raw in jsonl_lines(text):
-        if raw.lstrip().startswith("#"):
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ProbeError(f"{p}:{n}: invalid JSON: {json_error(e)}") from None
-        if not isinstance(row, dict):
-            raise ProbeError(f"{p}:{n}: expected a JSON object")
+    for n, row in jsonl.objects(p, jsonl.read_text(p, ProbeError, "the protected facts"), ProbeError, comments=True):
         for name in ("subject", "prompt", "target"):
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise ProbeError(f"{p}:{n}: field '{name}' is missing or empty")
@@ -143,8 +130,7 @@ def model_facts(model_dir: str | Path) -> list[Fact]:
     if not f.is_file():
         return []
     out = []
-    for n, line in jsonl_lines(f.read_text(encoding="utf-8")):
-        r = json.loads(line)
+    for n, r in jsonl.objects(f, f.read_text(encoding="utf-8"), ProbeError):
         if r.get("subject") is None:
             continue
         prompts = r.get("prompts") or [r.get("prompt")]

@@ -1,0 +1,128 @@
+"""Edit a batch on a checked-out parent and gate the result; when the gate fails, prune the requests it blames
+and bisect the rest (the largest passing subset is kept, the others rejected with the reason).
+
+:func:`edit_and_gate` is one attempt; :func:`edit_gate_bisect` the search over attempts. The parent in the
+:class:`Workspace` is never changed: each attempt edits a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Workspace:
+    """The parent version in memory and everything an edit and a gate of it need."""
+
+    parent: Any  # registry.lineage.VersionInfo
+    newest: int
+    model: Any
+    tokenizer: Any
+    base_dir: Path
+    hparams: Any
+    corpus: list[Path] | None
+    gate_policy: Any
+    protected: list[Any]
+    pool: list[Any]
+    text: str
+    subjects: list[str] = field(default_factory=list)  # subjects the ledger has seen: the gate's probe bank
+
+
+@dataclass
+class Attempt:
+    requests: list[Any]
+    model: Any
+    delta: Any
+    report: Any
+    timings: dict[str, float]
+
+
+def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attempt:
+    """Edit a copy of the parent with ``requests`` and gate it against the parent (the parent is untouched)."""
+    from editing.delta import apply
+    from editing.engine import compute_edit
+    from editing.store import Cache
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import for_editor
+
+    edit_requests = for_editor(requests, ws.pool, seed=ws.gate_policy.seed)  # compute_edit checks the keys
+    t0 = time.perf_counter()
+    result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, Cache(cache_dir),
+                          corpus_files=ws.corpus)
+    edited = copy.deepcopy(ws.model)
+    apply(edited, result.delta)
+    t_edit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
+                      text=ws.text, delta=result.delta, subjects=ws.subjects)
+    return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
+
+
+@dataclass
+class Selection:
+    attempt: Attempt | None  # the batch to register (None: nothing passed)
+    rejected: dict[str, str]  # request id -> reason
+    runs: int  # edit + gate runs
+    timings: dict[str, float]  # edit and gate seconds over all runs
+
+
+PRUNE_ROUNDS = 3  # blame-guided retries before bisection
+
+
+def _blame(report: Any, request_id: str) -> str:
+    parts = [f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" for f in report.failures
+             if request_id in f.get("requests", [])]
+    return "gate failed in its batch: " + ("; ".join(parts) or "no threshold named it")
+
+
+def edit_gate_bisect(ws: Workspace, requests: list[Any], cache_dir: Path, bisect: bool = True,
+                     on_attempt: Callable[[Attempt], None] | None = None) -> Selection:
+    """Edit and gate the whole batch. When the gate fails and names requests (a request's own reliability or
+    generalization below its threshold, its neighbours changed, the subjects whose generations lost the entropy
+    when the drop is too large, the requests whose parts of ΔW grew a matrix too much), those are rejected and
+    the rest edited again, up to :data:`PRUNE_ROUNDS` times: each round costs one edit, where bisection costs
+    O(k log n) for k bad requests among n (on the demo sandbox, half of an inbox batch can fail p(new) >
+    p(old)). What still fails without naming anyone (norm
+    growth without the edit's delta, perplexity, KL) is bisected for its largest passing subset.
+    ``bisect=False``: a failing batch is rejected whole."""
+    from validation.gate.bisect import bisect as search
+
+    attempts: dict[tuple[str, ...], Attempt] = {}
+    timings = {"edit": 0.0, "gate": 0.0}
+
+    def check(sub: list[Any]):
+        a = edit_and_gate(ws, sub, cache_dir)
+        attempts[tuple(r.id for r in sub)] = a
+        for k in timings:
+            timings[k] += a.timings[k]
+        if on_attempt:
+            on_attempt(a)
+        return a.report
+
+    pool, rejected, runs = list(requests), {}, 1
+    report = check(pool)
+    if not report.passed and not bisect:
+        reason = "gate failed: " + "; ".join(f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}"
+                                             for f in report.failures)
+        return Selection(None, {r.id: reason for r in requests}, 1, timings)
+    for _ in range(PRUNE_ROUNDS):
+        if report.passed:
+            break
+        named = set(report.failed_requests)
+        blamed = [r for r in pool if r.id in named]
+        if not blamed or len(blamed) == len(pool):
+            break
+        rejected.update({r.id: _blame(report, r.id) for r in blamed})
+        pool = [r for r in pool if r.id not in named]
+        report = check(pool)
+        runs += 1
+    if report.passed:
+        return Selection(attempts[tuple(r.id for r in pool)], rejected, runs, timings)
+    res = search(pool, check, first=report)
+    rejected.update(res.rejected)
+    best = attempts[tuple(r.id for r in res.passed)] if res.passed else None
+    return Selection(best, rejected, runs + res.runs, timings)
