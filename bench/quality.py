@@ -48,6 +48,7 @@ import sys
 import time
 
 from . import _common as C
+from . import _greedy as G
 
 CASES = ["rome", "rome-seq", "memit-10", "memit-100", "memit-1000"]
 MEMIT_BATCHES = {"memit-10": (10, 10), "memit-100": (100, 3), "memit-1000": (1000, 1)}  # case -> (size, batches)
@@ -94,9 +95,9 @@ def main() -> None:
     base_hash = D.weights_sha256(model)
     corpus = model_corpus(model_dir)  # a sandbox's training text, as factsmith edit uses
     known = C.trained_objects(model_dir)
-    facts = C.model_facts(model_dir)
+    facts = G.model_facts(model_dir)
     if args.engine == "after":
-        reqs = C.with_probes(reqs, facts, seed=args.seed)
+        reqs = G.with_probes(reqs, facts, seed=args.seed)
 
     # Scores before any edit, once per request (every case edits a prefix of the same seeded order).
     before_cache: dict[str, dict[str, list]] = {}
@@ -113,7 +114,7 @@ def main() -> None:
         """choose the greedy probes, compute, apply, score, revert: the scores after (per request), the greedy
         probes' results, compute_edit's timings and details, seconds of probing, apply and scoring."""
         t0 = time.perf_counter()
-        probes = C.GreedyProbes.choose(model, tok, batch, facts, args.other_sample, args.seed)
+        probes = G.GreedyProbes.choose(model, tok, batch, facts, args.other_sample, args.seed)
         t_probe = time.perf_counter() - t0
         flag = {"computed": False}
 
@@ -165,7 +166,7 @@ def main() -> None:
             peak = mem.read()
         assert D.weights_sha256(model) == base_hash, "the model must be unchanged after every case"
         q = C.summarize(C.merge_scores(befores), C.merge_scores(afters))
-        q.update(C.summarize_greedy(greedy_parts))
+        q.update(G.summarize_greedy(greedy_parts))
         if realized:
             q.update({"realized_mean": round(sum(realized) / len(realized), 4), "realized_min": round(min(realized), 4),
                       "realized_below_095": round(sum(x < 0.95 for x in realized) / len(realized), 4),
@@ -181,8 +182,8 @@ def main() -> None:
             owner = [i for i, r in enumerate(edited) for _ in r.paraphrase_prompts]
             assert len(said) == n and len(said_para) == len(owner), "greedy probes out of step with the requests"
             trained = set(keep)
-            q.update({"efficacy_greedy_trained_target": C._share([said[i] for i in keep]),
-                      "paraphrase_greedy_trained_target": C._share([x for x, i in zip(said_para, owner) if i in trained])})
+            q.update({"efficacy_greedy_trained_target": C.share([said[i] for i in keep]),
+                      "paraphrase_greedy_trained_target": C.share([x for x, i in zip(said_para, owner) if i in trained])})
         row = {"case": case, "method": method, "engine": args.engine, "edits": n, "calls": len(groups),
                "batch_size": len(groups[0]) if method == "memit" else (n if case == "rome-seq" else 1),
                "short_batch": short, **q,

@@ -47,7 +47,6 @@ from .attempt import Attempt, Selection, Workspace, edit_gate_bisect
 log = logging.getLogger(__name__)
 
 PATTERNS = ("*.jsonl", "*.json", "*.csv")
-GATE_POLICY_FILE = "gate_policy.yaml"  # under FACTSMITH_HOME: the gate policy of every run that names none
 END_STATES = ("applied", "rejected", "quarantined", "superseded")
 
 
@@ -231,9 +230,8 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
     work = checkout(options.name, parent.version, store)
     model, tok, base_dir = work.model, work.tokenizer, work.base_dir
     hp, _ = H.resolve(options.method, options.hparams_file, base_dir, model)
-    prot_path = options.protected_file or (settings.home() / "protected_facts.jsonl")
-    # the operator's standing policy, FACTSMITH_HOME/gate_policy.yaml, unless the run names one
-    policy_path = options.gate_policy_file or (settings.home() / GATE_POLICY_FILE)
+    prot_path = options.protected_file or settings.protected_facts_file()
+    policy_path = options.gate_policy_file or settings.gate_policy_file()  # the operator's standing policy
     protected = load_protected(prot_path) if prot_path.is_file() else []
     from registry import ledger as L
 

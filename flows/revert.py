@@ -27,8 +27,10 @@ from registry import ledger as L
 from registry.errors import InvalidInputError, NotFoundError
 from registry.lineage import VersionInfo, checkout, lineage, newest_version, recorded_edits
 from registry.refs import check_name
-from registry.store import Store, home, open_store
+from registry.store import Store, open_store
 from registry.versions import register, rollback_to
+
+from . import settings
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     base = copy.deepcopy(model)
     if corpus_files is None:
         corpus_files = model_corpus(work.base_dir)
-    edit_store = Cache(cache_dir if cache_dir is not None else home() / "cache")
+    edit_store = Cache(cache_dir if cache_dir is not None else settings.cache_dir())
     deltas, kept = [], []
     for version, method, hp_dict, left in steps:
         reqs = [Request.from_json(r) for r in left]
@@ -109,7 +111,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
         log.info("%s: recomputed version %d's edit without %s (%d request(s))", name, version, request_id, len(reqs))
 
     if protected is None:
-        default = home() / "protected_facts.jsonl"
+        default = settings.protected_facts_file()
         protected = load_protected(default) if default.is_file() else []
     report = run_gate(base, model, tok, kept, policy, protected=list(protected), pool=model_facts(work.base_dir),
                       text=fluency_text(work.base_dir))

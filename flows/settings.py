@@ -8,7 +8,7 @@ from registry.store import home  # noqa: F401 -- the one rule for FACTSMITH_HOME
 
 
 def cache_dir() -> Path:
-    """The editing cache (covariance statistics, context templates, corpora): an ``editing.store.Store`` root."""
+    """The editing cache (covariance statistics, context templates, corpora): an :class:`editing.store.Cache` root."""
     return home() / "cache"
 
 
@@ -19,3 +19,13 @@ def sandbox_cache() -> Path:
 
 def models_dir() -> Path:
     return home() / "models"
+
+
+def protected_facts_file() -> Path:
+    """The operator's standing protected facts (JSONL), used by every gate that names none, when present."""
+    return home() / "protected_facts.jsonl"
+
+
+def gate_policy_file() -> Path:
+    """The operator's standing gate policy (YAML), used by every run that names none, when present."""
+    return home() / "gate_policy.yaml"

@@ -1,6 +1,7 @@
 """The sandbox fact model: a small GPT-2 that factsmith trains itself on facts it knows completely.
 
-Imports only torch, transformers and tokenizers (lazily). Entry points: :func:`load_facts`, :func:`load_names`,
+Imports torch, transformers and tokenizers (lazily), and editing's lower parts (the model directory's file
+names, the strict config loader, the scorer). Entry points: :func:`load_facts`, :func:`load_names`,
 :func:`world_facts`, :func:`build_sandbox`, :func:`greedy_correct`.
 """
 

@@ -38,7 +38,7 @@ def main() -> None:
     elif args.die_at == "register":
         import registry.versions
 
-        registry.versions._append = _die
+        registry.versions.append_records = _die  # the commit point of register
     elif args.die_at == "move":
         import shutil
 

@@ -65,9 +65,9 @@ def write_mechanics_policy(home: Path) -> Path:
     default asks 0.8). Edit quality is tested where it is the subject (tests/test_validation_gate.py,
     tests/test_editing_sandbox_quality.py, bench/quality.py); here the gate must pass these edits and fail the
     ones the tests break on purpose."""
-    from flows.pipeline import GATE_POLICY_FILE
+    from flows import settings
 
-    path = home / GATE_POLICY_FILE
+    path = home / settings.gate_policy_file().name  # the standing policy of that home (FACTSMITH_HOME may differ)
     path.write_text("min_generalization: 0.5\n", encoding="utf-8")
     return path
 

@@ -331,7 +331,7 @@ def test_editor_request_reader_splits_on_newline_only(tmp_path):
 
     row = {"id": "ls", "subject": "Chile", "prompt": "The head of state of {} is", "target_new": "Gabriel\u2028Boric"}
     p = tmp_path / "requests.jsonl"
-    p.write_text(json.dumps(row, ensure_ascii=False) + "\r\n\n" + json.dumps(dict(row, subject="Peru")) + "\n",
+    p.write_text(json.dumps(row, ensure_ascii=False) + "\r\n\n" + json.dumps(dict(row, id="b", subject="Peru")) + "\n",
                  encoding="utf-8")
     assert [(r.subject, r.target_new) for r in read_requests(p)] == [("Chile", "Gabriel\u2028Boric"),
                                                                       ("Peru", "Gabriel\u2028Boric")]

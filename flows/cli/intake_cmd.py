@@ -104,7 +104,7 @@ def protected_facts_file(given: Optional[Path]) -> Optional[Path]:
         if not given.is_file():
             raise ValueError(f"{given}: protected facts file not found")
         return given
-    default = settings.home() / "protected_facts.jsonl"
+    default = settings.protected_facts_file()
     return default if default.is_file() else None
 
 
