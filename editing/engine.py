@@ -105,7 +105,7 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
     t_stats = time.perf_counter() - t0
 
     emit("targets", {"requests": len(requests)})
-    out = method.compute(Inputs(model, tokenizer, requests, hp, templates, covs, emit, state))
+    out = method.compute(Inputs(model, tokenizer, requests, hp, templates, covs, emit, state, store))
     delta = out.delta
     timings = {"templates": t_templates, "stats": t_stats, **out.timings}
     timings["total"] = time.perf_counter() - t_all

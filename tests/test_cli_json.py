@@ -63,7 +63,7 @@ def test_json_output_of_the_main_commands_keeps_its_shape(tiny_build, home, tmp_
         problems += [f"{label}: {d}" for d in differences(w["shape"], g["shape"])]
     assert not problems, "\n".join(problems)
     # values the restructuring must not move: the commands' own decisions on this sandbox
-    assert got["edit bad method"]["value"]["error"] == "--method: expected rome or memit, found 'nope'"
+    assert got["edit bad method"]["value"]["error"] == "--method: expected rome, memit or alphaedit, found 'nope'"
     assert got["run"]["value"]["counts"] == {"applied": 1, "quarantined": 0, "rejected": 0, "superseded": 0}
     assert [c["b"]["request_id"] for c in got["diff"]["value"]["changed"]] == ["snap-3"]
     assert got["rollback revert"]["value"]["kind"] == "rollback"

@@ -67,16 +67,16 @@ def toy(monkeypatch):
     return TOY
 
 
-def test_the_shipped_table_names_rome_and_memit_and_the_cli_reads_it():
+def test_the_shipped_table_names_its_methods_and_the_cli_reads_it():
     from typer.testing import CliRunner
 
     from flows.cli import app
 
-    assert methods.names() == ("rome", "memit") and methods.DEFAULT == "memit"
-    assert methods.choices() == "rome or memit"
+    assert methods.names() == ("rome", "memit", "alphaedit") and methods.DEFAULT == "memit"
+    assert methods.choices() == "rome, memit or alphaedit"
     r = CliRunner().invoke(app, ["edit", "--model", ".", "--requests", "x", "--out", "y", "--method", "toy",
                                  "--json"])
-    assert r.exit_code == 2 and "expected rome or memit, found 'toy'" in r.stdout
+    assert r.exit_code == 2 and "expected rome, memit or alphaedit, found 'toy'" in r.stdout
 
 
 def test_a_method_added_as_one_row_is_loaded_computed_and_carries_its_state(toy, tmp_path):

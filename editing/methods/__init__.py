@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import memit, rome
+from . import alphaedit, memit, rome
 from .base import HparamsError, Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (rome.METHOD, memit.METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (rome.METHOD, memit.METHOD, alphaedit.METHOD)}
 DEFAULT = "memit"
 
 

@@ -94,6 +94,7 @@ class Inputs:
     covs: dict[int, torch.Tensor]  # layer -> C = E[k kᵀ], for the layers the method edits (if it needs them)
     emit: Event
     state: Any = None  # what the method carried out of the previous edit (None: the first edit)
+    cache: Any = None  # editing.store.Cache, for what a method derives from the statistics
 
 
 @dataclass

@@ -77,15 +77,26 @@ class MemitTimes:
     want: torch.Tensor | None = field(default=None, repr=False)  # (n, d) z − h, the residual each target asks for
 
 
+# solve_layer(layer, resid (d, n), K (d_k, n)) -> the layer's update; MEMIT's is :func:`layer_update` with λC
+SolveLayer = Callable[[int, torch.Tensor, torch.Tensor], D.LayerDelta]
+
+
 def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
-            covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None = None) -> tuple[D.Delta, MemitTimes]:
+            covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None = None,
+            solve_layer: SolveLayer | None = None) -> tuple[D.Delta, MemitTimes]:
     """The delta of editing ``requests`` as MEMIT batches. The model is unchanged on return.
+
+    ``solve_layer`` replaces MEMIT's per-layer solve (AlphaEdit projects it); targets, keys, the residual's
+    spread over the layers and the raised-target rounds stay MEMIT's.
 
     One batch first. When some requests are still realised below ``hp.min_realized`` after the raised-target
     rounds, and ``hp.split_depth`` allows, the batch is split in two halves (a subject's requests stay together)
     edited one after the other: the second half's targets, keys and solve see the first half's update, and the
     returned delta is the two composed. Each half may split again, down to ``split_depth`` levels."""
-    delta, times = _compute(model, tokenizer, requests, hp, templates, covs, progress, hp.split_depth)
+    if solve_layer is None:
+        def solve_layer(layer: int, resid: torch.Tensor, K: torch.Tensor) -> D.LayerDelta:
+            return layer_update(resid, K, covs[layer], hp.mom2_update_weight, hp.ridge)
+    delta, times = _compute(model, tokenizer, requests, hp, templates, solve_layer, progress, hp.split_depth)
     if times.sub_batches > 1:  # a later sub-batch may undo part of an earlier one: measure on the whole delta
         applied = D.apply(model, delta)
         try:
@@ -112,9 +123,9 @@ def _halves(requests: list[EditRequest]) -> tuple[list[int], list[int]] | None:
 
 
 def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
-             covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None, depth: int
+             solve_layer: SolveLayer, progress: Callable[[str], None] | None, depth: int
              ) -> tuple[D.Delta, MemitTimes]:
-    delta, times = _solve_batch(model, tokenizer, requests, hp, templates, covs, progress)
+    delta, times = _solve_batch(model, tokenizer, requests, hp, templates, solve_layer, progress)
     halves = _halves(requests)
     if depth <= 0 or halves is None or min(times.realized) >= hp.min_realized:
         return delta, times
@@ -124,7 +135,8 @@ def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Memit
     applied: list[D.Applied] = []
     try:
         for idx in halves:
-            d, t = _compute(model, tokenizer, [requests[i] for i in idx], hp, templates, covs, progress, depth - 1)
+            d, t = _compute(model, tokenizer, [requests[i] for i in idx], hp, templates, solve_layer, progress,
+                            depth - 1)
             parts.append((idx, d, t))
             applied.append(D.apply(model, d))  # the second half is edited on the first half's model
     finally:
@@ -148,7 +160,7 @@ def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Memit
 
 
 def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: MemitHparams, templates: list[str],
-                 covs: dict[int, torch.Tensor], progress: Callable[[str], None] | None) -> tuple[D.Delta, MemitTimes]:
+                 solve_layer: SolveLayer, progress: Callable[[str], None] | None) -> tuple[D.Delta, MemitTimes]:
     """One MEMIT batch: targets, then the layers solved (again, with raised targets, up to realize_rounds)."""
     spec = spec_for(model)
     z_name = spec.layer(hp.z_layer)
@@ -184,7 +196,7 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
                 z_now = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d)
                 t2 = time.perf_counter()
                 resid = (z_t - z_now).T / (len(hp.layers) - i)  # (d, n) this layer's share
-                ld = layer_update(resid, K, covs[layer], hp.mom2_update_weight, hp.ridge)
+                ld = solve_layer(layer, resid, K)
                 t3 = time.perf_counter()
                 layers[name] = ld
                 applied.append(D.apply(model, D.Delta({name: ld})))  # later layers see this update

@@ -1,0 +1,80 @@
+"""AlphaEdit's algebra on small random matrices and a tiny random model: the projection, the update that leaves
+preserved keys where they were, and the preserved keys carried from one edit into the next."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing import hparams as H
+from editing.delta import apply
+from editing.engine import compute_edit
+from editing.methods.alphaedit import AlphaEditHparams
+from editing.methods.alphaedit.solve import PreservedKeys, layer_update, nullspace_projection
+from editing.requests import EditRequest
+from editing.store import Cache
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.unit
+
+
+def _statistics(d: int = 48, rank: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """C = E[k kᵀ] of keys that live in a ``rank``-dimensional subspace (plus a little noise), and 100 such keys."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, rank, generator=g, dtype=torch.float64))[0]  # (d, rank)
+    K0 = basis @ torch.randn(rank, 100, generator=g, dtype=torch.float64)  # (d, 100)
+    C = K0 @ K0.T / 100 + 1e-8 * torch.eye(d, dtype=torch.float64)
+    return C, K0
+
+
+def test_the_projection_sends_the_preserved_keys_to_zero():
+    C, K0 = _statistics()
+    P = nullspace_projection(C, threshold=1e-4)
+    assert torch.allclose(P, P.T) and torch.allclose(P @ P, P, atol=1e-10)  # an orthogonal projection
+    assert round(float(torch.trace(P))) == 48 - 16  # the directions the keys never reach
+    assert float((P @ K0).norm() / K0.norm()) < 1e-6
+
+
+def test_the_update_leaves_preserved_and_earlier_keys_and_reaches_the_new_ones():
+    C, K0 = _statistics()
+    P = nullspace_projection(C, threshold=1e-4)
+    g = torch.Generator().manual_seed(1)
+    K1 = P @ torch.randn(48, 3, generator=g, dtype=torch.float64)  # new keys, in the null space
+    R = torch.randn(8, 3, generator=g, dtype=torch.float64)  # (d_out, n) the residual each key asks for
+    ld = layer_update(R, K1, P, torch.zeros(48, 48, dtype=torch.float64), alpha=1e-6)
+    dW = ld.U.double() @ ld.V.double().T  # (d_out, d_k)
+    assert float((dW @ K0).norm()) < 1e-4 * float(dW.norm() * K0.norm())  # the statistics' keys: untouched
+    assert torch.allclose(dW @ K1, R, atol=1e-3)  # the new keys: their residuals
+    # an earlier edit's key in the null space is protected only through the preserved sums
+    Kp = P @ torch.randn(48, 2, generator=g, dtype=torch.float64)
+    free = layer_update(R, K1, P, torch.zeros(48, 48, dtype=torch.float64), alpha=1e-6)
+    kept = layer_update(R, K1, P, Kp @ Kp.T, alpha=1e-6)
+    moved = lambda ld: float((ld.U.double() @ ld.V.double().T @ Kp).norm())  # noqa: E731
+    assert moved(kept) < 1e-3 * moved(free)
+
+
+def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_path):
+    tok = tiny_tokenizer(320)
+    model = tiny_model("gpt2", vocab=320)
+    target = H.TargetHparams(v_steps=10, v_lr=0.5, context_templates=((4, 2),), v_weight_decay=1e-4,
+                             clamp_norm_factor=1000.0)
+    hp = AlphaEditHparams(layers=(1,), target=target, stats=H.StatsHparams(mom2_samples=64, sample_tokens=16),
+                          nullspace_threshold=0.5, l2=1e-3)
+    cache = Cache(tmp_path / "cache")
+    first = [EditRequest("France", "The capital of {}", "Warsaw", id="a"),
+             EditRequest("Poland", "The head of state of {}", "Japanese", id="b")]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r1 = compute_edit(model, tok, first, hp, cache)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(r1.state, PreservedKeys) and r1.state.count == 2
+    s1 = r1.state.sums[1]
+    assert s1.shape == (64, 64) and torch.allclose(s1, s1.T) and torch.linalg.matrix_rank(s1) == 2
+    assert r1.details["nullspace"][1]["dim"] > 0
+    apply(model, r1.delta)
+    second = [EditRequest("Japan", "The official language of {}", "Berlin", id="c")]
+    r2 = compute_edit(model, tok, second, hp, cache, state=r1.state)
+    assert r2.state.count == 3 and torch.linalg.matrix_rank(r2.state.sums[1]) == 3
+    fresh = compute_edit(model, tok, second, hp, cache)  # the same edit without what the first one preserved
+    assert not torch.allclose(r2.delta.layers[next(iter(r2.delta.layers))].V,
+                              fresh.delta.layers[next(iter(fresh.delta.layers))].V)
