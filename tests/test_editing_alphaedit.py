@@ -78,3 +78,18 @@ def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_p
     fresh = compute_edit(model, tok, second, hp, cache)  # the same edit without what the first one preserved
     assert not torch.allclose(r2.delta.layers[next(iter(r2.delta.layers))].V,
                               fresh.delta.layers[next(iter(fresh.delta.layers))].V)
+
+
+def test_the_state_round_trips_through_safetensors_bit_for_bit(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    K = torch.randn(32, 5, generator=g, dtype=torch.float64)
+    state = PreservedKeys({1: K @ K.T, 3: 2 * K @ K.T}, count=5)
+    state.save(tmp_path / "state.safetensors")
+    back = PreservedKeys.load(tmp_path / "state.safetensors")
+    assert back.count == 5 and sorted(back.sums) == [1, 3]
+    assert all(torch.equal(back.sums[k], state.sums[k]) and back.sums[k].dtype == torch.float64 for k in state.sums)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something else"})
+    with pytest.raises(ValueError, match="expected an AlphaEdit state"):
+        PreservedKeys.load(tmp_path / "other.safetensors")

@@ -54,15 +54,37 @@ def layer_update(resid: torch.Tensor, K: torch.Tensor, P: torch.Tensor, preserve
     return D.LayerDelta(resid.double().float(), V.float())
 
 
+STATE_FORMAT = "factsmith.alphaedit-state/1"
+
+
 @dataclass
 class PreservedKeys:
-    """What AlphaEdit carries from one edit to the next: Σ k kᵀ of the edited keys, per layer (float64)."""
+    """What AlphaEdit carries from one edit to the next: Σ k kᵀ of the edited keys, per layer (float64). Its
+    size is bounded by the layers' widths (d_k² per layer), never by the number of edits."""
 
     sums: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (d_k, d_k)
     count: int = 0  # keys (requests) edited so far
 
     def at(self, layer: int, width: int) -> torch.Tensor:
         return self.sums.get(layer, torch.zeros(width, width, dtype=torch.float64))
+
+    def save(self, path) -> None:
+        """safetensors: one tensor a layer (``sum.<layer>``), the count in the metadata."""
+        from safetensors.torch import save_file
+
+        save_file({f"sum.{layer}": t.contiguous() for layer, t in self.sums.items()}, str(path),
+                  metadata={"format": STATE_FORMAT, "count": str(self.count)})
+
+    @classmethod
+    def load(cls, path) -> "PreservedKeys":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != STATE_FORMAT:
+                raise ValueError(f"{path}: expected an AlphaEdit state ({STATE_FORMAT}), found format "
+                                 f"{meta.get('format')!r}")
+            return cls({int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, int(meta["count"]))
 
 
 def projections(x: Inputs) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
