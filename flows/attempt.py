@@ -30,6 +30,8 @@ class Workspace:
     pool: list[Any]
     text: str
     subjects: list[str] = field(default_factory=list)  # subjects the ledger has seen: the gate's probe bank
+    state: Any = None  # the method's state in effect in the parent (a stateful method; None: from nothing)
+    earlier: list[Any] = field(default_factory=list)  # requests applied by earlier versions: the regression suite
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Attempt:
     delta: Any
     report: Any
     timings: dict[str, float]
+    state: Any = None  # the method's state after this edit (registered with the version)
 
 
 def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attempt:
@@ -52,14 +55,15 @@ def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attemp
     edit_requests = for_editor(requests, ws.pool, seed=ws.gate_policy.seed)  # compute_edit checks the keys
     t0 = time.perf_counter()
     result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, Cache(cache_dir),
-                          corpus_files=ws.corpus)
+                          corpus_files=ws.corpus, state=ws.state)
     edited = copy.deepcopy(ws.model)
     apply(edited, result.delta)
     t_edit = time.perf_counter() - t0
     t0 = time.perf_counter()
     report = run_gate(ws.model, edited, ws.tokenizer, requests, ws.gate_policy, protected=ws.protected, pool=ws.pool,
-                      text=ws.text, delta=result.delta, subjects=ws.subjects)
-    return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0})
+                      text=ws.text, delta=result.delta, subjects=ws.subjects, earlier=ws.earlier)
+    return Attempt(requests, edited, result.delta, report, {"edit": t_edit, "gate": time.perf_counter() - t0},
+                   result.state)
 
 
 @dataclass

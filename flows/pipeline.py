@@ -237,7 +237,39 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
 
     subjects = sorted({r["subject"] for r in L.read(options.name) if isinstance(r.get("subject"), str)})
     return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(policy_path if policy_path.is_file() else None),
-                     protected, model_facts(base_dir), fluency_text(base_dir), subjects)
+                     protected, model_facts(base_dir), fluency_text(base_dir), subjects,
+                     state=method_state(options.name, options.method, work.state),
+                     earlier=earlier_edits(options.name, work.chain))
+
+
+def earlier_edits(name: str, chain: list[Any]) -> list[Any]:
+    """The requests in effect in the last version of ``chain`` (its lineage, base first), as the ledger
+    recorded them: the gate's retention suite."""
+    from registry.lineage import facts_in, ledger_request
+    from validation.requests import Request
+
+    recs = facts_in(name, [i.version for i in chain]).values()
+    return [Request.from_json(ledger_request(r)) for r in recs if r.get("subject") and r.get("prompt") and r.get("new")]
+
+
+def method_state(name: str, method: str, found: Any) -> Any:
+    """The state a stateful ``method`` continues from: the one in effect in the parent (``found``, a
+    :class:`registry.lineage.MethodState`), or None to start afresh (none stored, or another method's)."""
+    from editing.methods import get
+
+    m = get(method)
+    if not m.stateful:
+        return None
+    if found is None:
+        return None
+    if found.method != method:
+        log.warning("%s: the method state in effect (version %d) is %s's, not %s's: starting %s's afresh",
+                    name, found.version, found.method, method, method)
+        return None
+    if found.gaps:
+        log.warning("%s: versions %s were edited by other methods since version %d stored the %s state: their keys "
+                    "are not preserved", name, ", ".join(map(str, found.gaps)), found.version, method)
+    return m.load_state(found.path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +382,8 @@ def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: A
             info = V.register(options.name, ws.parent.version, attempt.model, attempt.delta, requests=applied,
                               reports_dir=tmp, method=options.method,
                               rejected=[(by_id[i], why) for i, why in rejected.items()],
-                              expected_latest=ws.newest, extra_records=run_rec, store=store)
+                              expected_latest=ws.newest, extra_records=run_rec, state=attempt.state,
+                              store=store)
         version = info.version
         states = states_of(intake, applied, rejected, by_id, version)
         html = artifacts_dir(store.client(), store, info) / "gate" / "gate.html"

@@ -10,6 +10,9 @@ registered as a new ``kind=revert`` version whose ``parent_version`` is P (its p
 relative to P), with ``expected_latest`` = the newest version: a registration in between refuses it.
 The ledger records the request as ``reverted`` and the re-derived requests as ``applied`` in the new version.
 
+A stateful method's state (AlphaEdit's preserved keys) is recomputed the same way: from the state in effect
+in P, through each recomputed edit; the new version stores the result.
+
 The recomputed edits are not bit-identical to the originals (they start from other weights), which is why
 the gate runs again; a version whose gate fails is registered but cannot be promoted.
 """
@@ -55,6 +58,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     ``cache_dir`` the editing cache (default ``$FACTSMITH_HOME/cache``)."""
     from editing.delta import apply, weights_sha256
     from editing.engine import compute_edit
+    from editing import methods
     from editing.hparams import from_dict
     from editing.modeldir import model_corpus
     from editing.store import Cache
@@ -97,6 +101,11 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     if corpus_files is None:
         corpus_files = model_corpus(work.base_dir)
     edit_store = Cache(cache_dir if cache_dir is not None else settings.cache_dir())
+    # a stateful method's state is recomputed along: from the parent's, through each recomputed edit
+    states: dict[str, Any] = {}
+    if work.state is not None and work.state.method in methods.METHODS and methods.get(work.state.method).stateful:
+        states[work.state.method] = methods.get(work.state.method).load_state(work.state.path)
+    last_stateful = None
     deltas, kept = [], []
     for version, method, hp_dict, left in steps:
         reqs = [Request.from_json(r) for r in left]
@@ -104,8 +113,11 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
         edit_reqs = [q.to_edit_request(keep=tuple(r.get("keep_prompts") or ()), rewrite=tuple(r.get("rewrite_prompts") or ()))
                      for q, r in zip(reqs, left)]
         result = compute_edit(model, tok, edit_reqs, from_dict(method, hp_dict),
-                              edit_store, corpus_files=list(corpus_files) if corpus_files else None)
+                              edit_store, corpus_files=list(corpus_files) if corpus_files else None,
+                              state=states.get(method))
         apply(model, result.delta)
+        if result.state is not None:
+            states[method], last_stateful = result.state, method
         deltas.append((result.delta, method, hp_dict, left))
         kept += reqs
         log.info("%s: recomputed version %d's edit without %s (%d request(s))", name, version, request_id, len(reqs))
@@ -129,6 +141,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
                         reports_dir=tmp, method=composed.meta["method"],
                         hparams={"steps": [h for _, _, h, _ in deltas]}, expected_latest=newest,
                         reverts=(request_id,), kind="revert",
+                        state=states.get(last_stateful) if last_stateful else None, state_method=last_stateful,
                         extra_tags={"reverts": request_id, "reverted_from": str(newest),
                                     "recomputed_versions": ",".join(str(s[0]) for s in steps)},
                         store=st)

@@ -156,22 +156,76 @@ def rebuild(name: str, version: int, store: Store):
     return model, tok, chain[-1]
 
 
+STATE_FILE = "state/state.safetensors"  # a stateful method's state, in the version's artifacts
+
+
+@dataclass(frozen=True)
+class MethodState:
+    """The editing method's state in effect in a version: the file a version stored (verified against its
+    ``state_sha256`` tag), the method it belongs to, and the versions after it whose edits it does not hold."""
+
+    method: str
+    path: Path
+    version: int  # the version that stored it
+    sha256: str
+    gaps: tuple[int, ...] = ()  # later edit versions of another method along the lineage (their keys are not in it)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_of(name: str, version: int, store: Store) -> MethodState | None:
+    """The method state in effect in ``version``: the one it stored; a rollback's is the restored version's (its
+    ``parent_version``), so ``rollback --to V`` restores V's state exactly; an edit by a method without state
+    leaves the state before it in effect (named in ``gaps``). None when no version of the lineage stored one.
+    The file is checked against the storing version's ``state_sha256`` tag
+    (:class:`~registry.errors.IntegrityError` on a mismatch), as the weights are against ``weights_sha256``."""
+    c = store.client()
+    gaps = []
+    for info in reversed(lineage(name, version, store)):
+        if info.kind == "rollback":
+            continue  # its parent, next in the walk, is the version it restores
+        want = info.tags.get("state_sha256")
+        if want:
+            path = artifacts_dir(c, store, info) / STATE_FILE
+            if not path.is_file():
+                raise IntegrityError(f"model {name!r} version {info.version}: expected its method state at {path}, "
+                                     f"found none")
+            got = sha256_file(path)
+            if got != want:
+                raise IntegrityError(f"model {name!r} version {info.version}: expected method state SHA-256 {want}, "
+                                     f"the stored file hashes to {got}")
+            return MethodState(info.tags.get("state_method", ""), path, info.version, got, tuple(sorted(gaps)))
+        if info.kind in ("edit", "revert"):
+            gaps.append(info.version)
+    return None
+
+
 @dataclass
 class Checkout:
     """A version checked out for more work: its weights rebuilt and verified, its lineage, the base directory
-    (tokenizer, a sandbox's facts and statistics text)."""
+    (tokenizer, a sandbox's facts and statistics text), and the method state in effect (verified)."""
 
     model: Any
     tokenizer: Any
     info: VersionInfo
     chain: list[VersionInfo]  # base first, ending with ``info``
     base_dir: Path
+    state: MethodState | None = None
 
 
 def checkout(name: str, version: int, store: Store) -> Checkout:
     model, tok, info = rebuild(name, version, store)
     chain = lineage(name, version, store)
-    return Checkout(model, tok, info, chain, artifacts_dir(store.client(), store, chain[0]) / "model")
+    return Checkout(model, tok, info, chain, artifacts_dir(store.client(), store, chain[0]) / "model",
+                    state_of(name, version, store))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ the run's ``model/`` artifact folder. Every later ``kind=edit`` version stores
 
 * ``patch/weights.safetensors`` -- the full new values of only the tensors the edit changed;
 * ``delta/delta.safetensors`` -- the edit's low-rank factors (audit, re-derivation; not needed to load);
-* ``gate/gate.json|md|html``, ``edit.json``, ``requests.jsonl``.
+* ``gate/gate.json|md|html``, ``edit.json``, ``requests.jsonl``;
+* ``state/state.safetensors`` -- a stateful method's state after the edit (AlphaEdit: Σ k kᵀ of every edited
+  key, per layer), tagged ``state_sha256`` and ``state_method``; checked out with the weights and verified
+  like them (:func:`registry.lineage.state_of`).
 
 A ``kind=rollback`` version stores no weights at all: its ``parent_version`` is the version whose weights it
 restores. Loading (:mod:`registry.lineage`, re-exported here: ``load_model``, ``resolve``) walks
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
-MAIN_METRICS = ("reliability", "generalization", "locality", "protected", "kl", "perplexity_ratio",
+MAIN_METRICS = ("reliability", "generalization", "locality", "protected", "retention", "kl", "perplexity_ratio",
                 "entropy_drop", "max_norm_growth")
 
 
@@ -155,7 +158,7 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
              expected_latest: int | None = None, reverts: Sequence[str] = (), kind: str = "edit",
              extra_tags: Mapping[str, str] | None = None,
              extra_records: Sequence[Mapping[str, Any]] | Callable[[int], Sequence[Mapping[str, Any]]] = (),
-             store: Store | None = None) -> VersionInfo:
+             state: Any = None, state_method: str | None = None, store: Store | None = None) -> VersionInfo:
     """Register an edited model as a new version of ``name`` derived from ``parent_version``.
 
     ``model`` is the edited model (an ``nn.Module``) or its directory; ``delta`` a :class:`editing.delta.Delta`
@@ -167,6 +170,8 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
     out (ledger state ``reverted``; see :mod:`flows.revert`). ``extra_records`` (or a function of the new
     version number that returns them) go into the same ledger append, the registration's commit point: a
     pipeline run records its quarantined and superseded rows and the run itself together with the version.
+    ``state`` is the method state after the edit (an object with ``save(path)`` writing safetensors, or such a
+    file), stored with the version; ``state_method`` (default ``method``) the method it belongs to.
 
     Four stages: the inputs normalised (:func:`_submission`), checked against the parent's weights
     (:func:`_changes_from`), staged as the run's artifacts (:func:`_stage`), committed (:func:`_commit`).
@@ -196,7 +201,7 @@ def register(name: str, parent_version: int, model: Any, delta: Any = None, *,
             "changed_tensors": ",".join(sorted(changed))[:4000], **provenance()}
     tags.update({f"gate.{k}": f"{sub.metrics[k]:.6g}" for k in MAIN_METRICS if k in sub.metrics})
     tags.update(extra_tags or {})
-    run = _stage(c, st, name, parent_version, sub, changed, sha, tags)
+    run = _stage(c, st, name, parent_version, sub, changed, sha, tags, state, state_method or sub.method or "")
     with finishing(c, run), st.lock(name):
         v = _commit(c, st, name, parent_version, expected, run, tags, sub, rejected, reverts, extra_records)
     log.info("%s: registered version %d from %d in %.2f s", name, v, parent_version, time.perf_counter() - t0)
@@ -293,8 +298,9 @@ def _changes_from(name: str, parent: VersionInfo, sub: _Submission, st: Store) -
 
 
 def _stage(c, st: Store, name: str, parent_version: int, sub: _Submission, changed: dict[str, Any], sha: str,
-           tags: Mapping[str, str]):
-    """Write the version's artifacts (patch, delta, reports, edit record, requests) into a new MLflow run."""
+           tags: dict[str, str], state: Any = None, state_method: str = ""):
+    """Write the version's artifacts (patch, delta, reports, edit record, requests, method state) into a new
+    MLflow run; the state's hash and method go into ``tags``."""
     from mlflow.entities import Metric, Param
 
     from editing.modeldir import DELTA, EDIT_RECORD
@@ -316,6 +322,17 @@ def _stage(c, st: Store, name: str, parent_version: int, sub: _Submission, chang
         if sub.edit_record is not None:
             (stage / EDIT_RECORD).write_text(json.dumps(sub.edit_record, ensure_ascii=False, indent=2, default=str)
                                              + "\n", encoding="utf-8")
+        if state is not None:
+            from .lineage import STATE_FILE, sha256_file
+
+            dst = stage / STATE_FILE
+            dst.parent.mkdir()
+            if isinstance(state, (str, Path)):
+                shutil.copy2(state, dst)
+            else:
+                state.save(dst)
+            tags.update({"state_sha256": sha256_file(dst), "state_method": state_method,
+                         "state_bytes": str(dst.stat().st_size)})
         (stage / "requests.jsonl").write_text(
             "".join(json.dumps(_request_json(r), ensure_ascii=False, default=str) + "\n" for r in sub.requests),
             encoding="utf-8")

@@ -124,3 +124,9 @@ class Method:
 
     def compute(self, inputs: Inputs) -> Output:
         return importlib.import_module(self.solver).run(inputs)
+
+    def load_state(self, path: Any) -> Any:
+        """A stateful method's state from the safetensors file its state's ``save(path)`` wrote."""
+        if not self.stateful:
+            raise ValueError(f"method {self.name!r} carries no state")
+        return importlib.import_module(self.solver).load_state(path)

@@ -109,6 +109,8 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
         facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "subject" and not p["unchanged"]])
     low("locality", policy.min_locality, locality_blame(probe_rows, requests),
         facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] in ("protected", "broad") and not p["unchanged"]])
+    low("retention", policy.min_retention, retention_blame(probe_rows, requests),
+        facts=[p["request"] for p in probe_rows if p["kind"] == "earlier" and not p["unchanged"]])
     changed_p = [p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "protected" and not p["unchanged"]]
     low("protected", policy.min_protected, [], facts=changed_p)
 
@@ -137,6 +139,19 @@ def locality_blame(probe_rows: list[dict], requests: list[Request]) -> list[str]
         if p["kind"] not in ("neighbour", "protected", "broad") or p["unchanged"]:
             continue
         who = [p["request"]] if p["kind"] == "neighbour" and p["request"] else []
+        who += [r.id for r in requests if says(p["after"], r.target_new) and not says(p["before"], r.target_new)]
+        out.extend(x for x in who if x not in out)
+    return sorted(out)
+
+
+def retention_blame(probe_rows: list[dict], requests: list[Request]) -> list[str]:
+    """The requests a lost earlier edit points at: those about its subject (the new edit rewrote the key the
+    earlier one lives on), and those whose new target its prompt now says. Else bisection finds them."""
+    out: list[str] = []
+    for p in probe_rows:
+        if p["kind"] != "earlier" or p["unchanged"]:
+            continue
+        who = [r.id for r in requests if r.subject == p["subject"]]
         who += [r.id for r in requests if says(p["after"], r.target_new) and not says(p["before"], r.target_new)]
         out.extend(x for x in who if x not in out)
     return sorted(out)

@@ -24,6 +24,10 @@ two models token for token (as many tokens as the expected answer has, else ``an
   greedy answer is unchanged, and the mean KL(base || edited) of the next token on them; ``protected`` is the
   share for the protected facts alone. Blame: a neighbour's request, and any request whose new target a
   changed answer now says;
+* **retention** -- share of earlier edits (requests applied by earlier versions, in effect in the parent: a
+  seeded sample of ``retention_sample``, less the facts this batch rewrites) whose greedy answer still says
+  their new target, of those the parent says: a schedule of edits must not undo the ones before it. Blame:
+  the requests about a lost edit's subject, and any request whose new target the lost edit's prompt now says;
 * **fluency** -- relative drop of the n-gram entropy of greedy generations (ROME's measure: weighted 2-
   and 3-gram entropies) on prompts about the edited subjects, and the perplexity ratio on a fixed text
   sample less its sentences that name an edited subject (their old facts should get less likely). A failed
@@ -150,11 +154,12 @@ def _says_many(model, tok, items: list[tuple[str, str]], cache: dict | None) -> 
 
 def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], policy: GatePolicy | None = None,
              protected: list[probe_sets.Fact] | None = None, pool: list[probe_sets.Fact] | None = None, text: str | None = None,
-             cache: BaseCache | None = None, delta: Any = None, subjects: list[str] | tuple[str, ...] = ()
-             ) -> GateReport:
+             cache: BaseCache | None = None, delta: Any = None, subjects: list[str] | tuple[str, ...] = (),
+             earlier: list[Request] | tuple[Request, ...] = ()) -> GateReport:
     """Gate ``edited`` against ``base`` for ``requests`` (see the module docstring). ``delta`` (the edit's
     :class:`editing.delta.Delta`, one rank-one part per request in order) lets a failed norm growth name the
-    requests behind it (:func:`norm_blame`); ``subjects`` (those the ledger has seen) widen the probe bank."""
+    requests behind it (:func:`norm_blame`); ``subjects`` (those the ledger has seen) widen the probe bank;
+    ``earlier`` are the requests earlier versions applied (the retention suite)."""
     t0 = time.perf_counter()
     policy = policy or GatePolicy()
     protected = list(protected or [])
@@ -267,6 +272,9 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
             "locality": share([x["unchanged"] for x in nb]), "neighbours": len(nb),
         })
 
+    # ---- retention: the earlier edits the parent says must still be said
+    probe_rows += retention_rows(base, edited, tok, requests, earlier, policy, cache)
+
     # ---- fluency and norms
     gen_by = {t.replace("{}", r.subject): r.subject for r in requests for t in probe_sets.GENERATION_PROMPTS[:2]}
     gen_items = [(g, policy.generation_tokens) for g in gen_by] if policy.generation_tokens else []
@@ -296,7 +304,8 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "neighbour_locality": kept("neighbour"),
         "broad_locality": kept("broad"),
         "protected": kept("protected"),
-        "kl": mean([x["kl"] for x in probe_rows if x["kind"] != "subject"]),
+        "retention": kept("earlier"),
+        "kl": mean([x["kl"] for x in probe_rows if x["kind"] not in ("subject", "earlier")]),
         "subject_kl": mean([x["kl"] for x in probe_rows if x["kind"] == "subject"]),
         "entropy_before": ent_before, "entropy_after": ent_after,
         "entropy_drop": (ent_before - ent_after) / ent_before if ent_before else 0.0,
@@ -306,8 +315,29 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "norm_blame": (norm_blame(base, delta, [r.id for r in requests], NORM_BLAME_MARGIN * policy.max_norm_growth)
                        if delta is not None and max(norms.values(), default=1.0) > policy.max_norm_growth else []),
         "probes": {"paraphrase": len(para), "neighbour": len(neigh), "protected": len(prot), "subject": len(subj),
-                   "broad": len(broad), "generation": len(gen_items)},
+                   "broad": len(broad), "generation": len(gen_items),
+                   "earlier": sum(x["kind"] == "earlier" for x in probe_rows)},
     }
     failures = failed_thresholds(policy, m, rows, probe_rows, requests)
     return GateReport(passed=not failures, metrics=m, thresholds=policy.thresholds(), failures=failures,
                       requests=rows, probes=probe_rows, seconds=time.perf_counter() - t0)
+
+
+def retention_rows(base: nn.Module, edited: nn.Module, tok, requests: list[Request], earlier, policy: GatePolicy,
+                   cache: BaseCache) -> list[dict[str, Any]]:
+    """One probe row per earlier edit checked: a seeded sample of ``earlier`` less the facts ``requests``
+    rewrite, kept where the base (the parent) says its new target; ``unchanged``: the edited model still does."""
+    import random
+
+    touched = {r.fact_key() for r in requests}
+    prev = [e for e in earlier if e.fact_key() not in touched]
+    if policy.retention_sample and len(prev) > policy.retention_sample:
+        prev = random.Random(policy.seed).sample(prev, policy.retention_sample)
+    items = [(e.text, e.target_new) for e in prev]
+    before = _says_many(base, tok, items, cache.greedy)
+    held = [e for e in prev if before[(e.text, e.target_new)][0]]
+    after = _says_many(edited, tok, [(e.text, e.target_new) for e in held], None)
+    return [{"kind": "earlier", "request": e.id, "subject": e.subject, "fact": e.id, "prompt": e.text,
+             "expected": e.target_new, "before": before[(e.text, e.target_new)][1],
+             "after": after[(e.text, e.target_new)][1], "unchanged": after[(e.text, e.target_new)][0], "kl": None}
+            for e in held]

@@ -25,6 +25,9 @@ class GatePolicy:
     min_subject_locality: float = 0.9  # share of the edited subjects' other facts whose greedy answer is unchanged
     min_locality: float = 0.95  # share of neighbour, broad and protected probes whose greedy answer is unchanged
     min_protected: float = 1.0  # share of protected facts whose greedy answer is unchanged
+    # share of earlier edits (applied by earlier versions, said by the parent) whose greedy answer still says
+    # their new target: a schedule of edits must not undo the ones before it
+    min_retention: float = 1.0
     max_kl: float = 0.5  # mean KL(base || edited), nats, of the next token on neighbour, broad and protected prompts
     max_entropy_drop: float = 0.1  # relative drop of the n-gram entropy of greedy generations
     max_perplexity_ratio: float = 1.25  # perplexity on the fixed text sample, edited / base
@@ -34,6 +37,7 @@ class GatePolicy:
     paraphrases: int = 3  # catalogue paraphrases per request (when it brings none)
     neighbours: int = 5  # sampled neighbours per request (when it brings none), base-correct only
     subject_probes: int = 8  # probes of each edited subject's other facts (0: all there are)
+    retention_sample: int = 200  # earlier edits checked (a seeded sample of those in effect; 0: none)
     locality_sample: int = 200  # broad-locality probes: a seeded sample of the probe bank the base model answers
     answer_tokens: int = 3  # greedy tokens compared on a probe whose answer is not known (the base model's stands)
     probe_confidence: float = 0.5  # such a probe counts only where the base model's first token is this likely
@@ -43,13 +47,13 @@ class GatePolicy:
     def __post_init__(self) -> None:
         check_fields(self, error=PolicyError)
         for name in ("min_reliability", "min_generalization", "min_subject_locality", "min_locality",
-                     "min_protected", "probe_confidence"):
+                     "min_protected", "min_retention", "probe_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PolicyError(f"'{name}': expected a share in [0, 1], found {getattr(self, name)}")
         for name in ("max_kl", "max_entropy_drop", "max_perplexity_ratio", "max_norm_growth"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a value >= 0, found {getattr(self, name)}")
-        for name in ("paraphrases", "neighbours", "subject_probes", "locality_sample", "answer_tokens",
+        for name in ("paraphrases", "neighbours", "subject_probes", "retention_sample", "locality_sample", "answer_tokens",
                      "generation_tokens"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a count >= 0, found {getattr(self, name)}")

@@ -28,6 +28,7 @@ SUMMARY = [
     ("neighbour_locality", "neighbours unchanged", None, None),
     ("broad_locality", "probe-bank sample unchanged", None, None),
     ("protected", "protected facts unchanged", None, "min_protected"),
+    ("retention", "earlier edits still said", None, "min_retention"),
     ("kl", "mean next-token KL (nats)", None, "max_kl"),
     ("entropy_drop", "n-gram entropy drop", None, "max_entropy_drop"),
     ("perplexity_ratio", "perplexity ratio", None, "max_perplexity_ratio"),
@@ -63,7 +64,7 @@ def markdown(report: GateReport) -> str:
     p = report.metrics["probes"]
     out += [f"- requests: {len(report.requests)}; probes: {p['paraphrase']} paraphrases, {p['neighbour']} neighbours, "
             f"{p.get('subject', 0)} of the edited subjects' other facts, {p.get('broad', 0)} from the probe bank, "
-            f"{p['protected']} protected facts, {p['generation']} generations", "",
+            f"{p['protected']} protected facts, {p.get('earlier', 0)} earlier edits, {p['generation']} generations", "",
             "| metric | before | after | threshold | |", "|---|---|---|---|---|"]
     for r in summary_rows(report):
         out.append(f"| {r['label']} | {fmt(r['before'])} | {fmt(r['after'])} | {fmt(r['threshold'])} | {r['status']} |")

@@ -26,6 +26,9 @@ class AlphaEditHparams:
     nullspace_threshold: float = 1e-2
     # α in (P (K Kᵀ + K_p K_pᵀ) + α I), as a multiple of the mean eigenvalue tr(C) / d_k of the statistics
     l2: float = 1.0
+    # λ of MEMIT's λ C inside the null space: A = P (K Kᵀ + K_p K_pᵀ + λ C) + α I. 0 is the paper's update; above
+    # it, the directions the projection keeps are still penalised by what variance the statistics give them
+    mom2_update_weight: float = 0.0
     batched_targets: bool = True  # optimise all target vectors of a batch together
     # As MEMIT's: a request realised below min_realized gets its target raised (at most max_target_gain in all)
     # and the layers solved again, up to realize_rounds times
@@ -42,6 +45,8 @@ class AlphaEditHparams:
             raise HparamsError(f"'layers': expected increasing layer indices >= 0, found {list(self.layers)}")
         if not 0.0 < self.nullspace_threshold < 1.0:
             raise HparamsError(f"'nullspace_threshold': expected a share in (0, 1), found {self.nullspace_threshold}")
+        if self.mom2_update_weight < 0:
+            raise HparamsError(f"'mom2_update_weight': expected a value >= 0, found {self.mom2_update_weight}")
         if self.l2 <= 0:
             raise HparamsError(f"'l2': expected a value > 0, found {self.l2}")
         if self.realize_rounds < 0 or self.max_target_gain < 1.0:

@@ -1,10 +1,11 @@
 """AlphaEdit's solve: MEMIT's targets and layer schedule (:func:`editing.methods.memit.solve.compute`) with each
 layer's update
 
-    ΔW = R Kᵀ P ((K Kᵀ + K_p K_pᵀ) P + α I)⁻¹          solved in float64,
+    ΔW = R Kᵀ P ((K Kᵀ + K_p K_pᵀ + λ C) P + α I)⁻¹          solved in float64,
 
 P the projection onto the null space of the statistics C (its eigen-directions with eigenvalue at most
-``nullspace_threshold`` × the largest), K_p K_pᵀ the sum of k kᵀ over every key edited before. ΔW K₀ = 0 for
+``nullspace_threshold`` × the largest), K_p K_pᵀ the sum of k kᵀ over every key edited before, λ (``mom2_update_weight``, 0 in the paper) MEMIT's
+weight of the statistics in the directions P keeps. ΔW K₀ = 0 for
 every key K₀ in that null space's complement -- the keys the statistics see -- and the earlier edits' keys enter
 the system, so the update leaves both where they were. Stored low rank: U = R (d, n), V = A⁻¹ P K (d_k, n) with
 A = P (K Kᵀ + K_p K_pᵀ) + α I (Aᵀ is the matrix above).
@@ -87,6 +88,10 @@ class PreservedKeys:
             return cls({int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, int(meta["count"]))
 
 
+def load_state(path) -> PreservedKeys:
+    return PreservedKeys.load(path)
+
+
 def projections(x: Inputs) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
     """Each layer's P (from the cache when these statistics and this threshold were seen before), and what it
     is: the null space's dimension and its hash."""
@@ -114,7 +119,10 @@ def run(x: Inputs) -> Output:
               for layer in hp.layers}
 
     def solve_layer(layer: int, resid: torch.Tensor, K: torch.Tensor) -> D.LayerDelta:
-        return layer_update(resid, K, Ps[layer], state.at(layer, K.shape[0]), alphas[layer])
+        preserved = state.at(layer, K.shape[0])
+        if hp.mom2_update_weight:
+            preserved = preserved + hp.mom2_update_weight * x.covs[layer].double()
+        return layer_update(resid, K, Ps[layer], preserved, alphas[layer])
 
     delta, tm = memit.compute(x.model, x.tokenizer, x.requests, hp, x.templates, x.covs,
                               progress=lambda what: x.emit("solve", {"step": what}), solve_layer=solve_layer)

@@ -1,0 +1,205 @@
+"""Lifelong editing (issue 22): a stateful method's state (AlphaEdit's preserved keys) kept with each registered
+version -- bit for bit, verified with the weights, restored by a rollback, recomputed by a revert, and continued
+by another process exactly as one process would -- and the gate's retention suite over earlier edits."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.integration
+
+NAME = "ae"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(mp, home: Path) -> None:
+    mp.setenv("FACTSMITH_HOME", str(home))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'registry' / 'mlflow.db'}")
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mp.setenv("DO_NOT_TRACK", "1")
+
+
+def _hparams():
+    from editing import hparams as H
+    from editing.methods.alphaedit import AlphaEditHparams
+
+    target = H.TargetHparams(v_steps=10, v_lr=0.5, context_templates=((4, 2),), v_weight_decay=1e-4,
+                             clamp_norm_factor=1000.0)
+    return AlphaEditHparams(layers=(1,), target=target, stats=H.StatsHparams(mom2_samples=64, sample_tokens=16),
+                            nullspace_threshold=0.5, l2=1e-3)
+
+
+def _requests():
+    from validation.requests import Request
+
+    return ([Request("a", "France", "The capital of {}", "Warsaw", "Paris"),
+             Request("b", "Poland", "The head of state of {}", "Japanese", "Duda")],
+            [Request("c", "Japan", "The official language of {}", "Berlin", "Japanese")])
+
+
+def _same(a, b) -> bool:
+    return a.count == b.count and sorted(a.sums) == sorted(b.sums) and all(torch.equal(a.sums[k], b.sums[k]) for k in a.sums)
+
+
+# The second process: check out version 2 from the registry, its state with it, and edit with run 2's request.
+SECOND = """
+import json, sys
+from editing import hparams as H
+from editing.engine import compute_edit
+from editing.methods import get
+from editing.store import Cache
+from registry.lineage import checkout
+from registry.store import open_store
+from validation.requests import Request
+args = json.loads(sys.argv[1])
+work = checkout(args["name"], 2, open_store())
+state = get(work.state.method).load_state(work.state.path)
+reqs = [Request.from_json(r).to_edit_request() for r in args["requests"]]
+res = compute_edit(work.model, work.tokenizer, reqs, H.from_dict("alphaedit", args["hparams"]), Cache(args["cache"]),
+                   state=state)
+res.delta.save(args["out"])
+res.state.save(args["state_out"])
+"""
+
+
+def test_the_alphaedit_state_lives_in_the_registry_and_another_process_continues_from_it(tmp_path, monkeypatch):
+    from editing import hparams as H
+    from editing.delta import Delta, apply
+    from editing.engine import compute_edit
+    from editing.methods.alphaedit.solve import PreservedKeys
+    from editing.store import Cache
+    from flows.revert import revert_request
+    from registry import versions as V
+    from registry.errors import IntegrityError
+    from registry.lineage import checkout, state_of
+    from registry.store import open_store
+    from registry.weights import load_hf
+    from validation.gate.policy import GatePolicy
+
+    _env(monkeypatch, tmp_path / "home")
+    base_dir = tmp_path / "base"  # a sharp random model (as the engine tests use): edits take hold
+    tiny_model("gpt2", vocab=300, d_model=48, d_mlp=96, init_range=0.2).save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    st = open_store()
+    V.init(base_dir, NAME, store=st)
+    model, tok = load_hf(base_dir)
+    hp, cache = _hparams(), Cache(tmp_path / "cache")
+    run1, run2 = _requests()
+
+    # one process doing both runs, the state passed along in memory
+    r1 = compute_edit(model, tok, [r.to_edit_request() for r in run1], hp, cache)
+    apply(model, r1.delta)
+    v2 = V.register(NAME, 1, model, r1.delta, requests=run1, gate_passed=True, state=r1.state, store=st)
+    assert v2.tags["state_method"] == "alphaedit" and int(v2.tags["state_bytes"]) > 0
+    r2 = compute_edit(model, tok, [r.to_edit_request() for r in run2], hp, cache, state=r1.state)
+
+    # the registry gives version 2's state back bit for bit, verified with its weights
+    work = checkout(NAME, 2, st)
+    assert work.state.version == 2 and work.state.method == "alphaedit" and work.state.sha256 == v2.tags["state_sha256"]
+    assert _same(PreservedKeys.load(work.state.path), r1.state) and r1.state.count == 2
+    assert checkout(NAME, 1, st).state is None
+
+    # a second process continues from the registered version and its state: the same delta and state
+    args = {"name": NAME, "requests": [r.to_json() for r in run2], "hparams": H.to_dict(hp),
+            "cache": str(tmp_path / "cache"), "out": str(tmp_path / "d2.safetensors"),
+            "state_out": str(tmp_path / "s2.safetensors")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", SECOND, json.dumps(args)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    d2 = Delta.load(tmp_path / "d2.safetensors")
+    assert sorted(d2.layers) == sorted(r2.delta.layers)
+    assert all(torch.equal(d2.layers[k].U, r2.delta.layers[k].U) and torch.equal(d2.layers[k].V, r2.delta.layers[k].V)
+               for k in d2.layers)
+    assert _same(PreservedKeys.load(tmp_path / "s2.safetensors"), r2.state) and r2.state.count == 3
+    # ... which differs from an edit that forgot the preserved keys
+    fresh = compute_edit(model, tok, [r.to_edit_request() for r in run2], hp, cache)
+    assert not all(torch.equal(fresh.delta.layers[k].V, r2.delta.layers[k].V) for k in d2.layers)
+
+    apply(model, r2.delta)
+    v3 = V.register(NAME, 2, model, r2.delta, requests=run2, gate_passed=True, state=r2.state, store=st)
+    assert _same(PreservedKeys.load(state_of(NAME, 3, st).path), r2.state)
+
+    # revert: request b out of version 2; versions 2 and 3 recomputed without it, the state with them
+    out = revert_request(NAME, "b", policy=GatePolicy(paraphrases=1, neighbours=1, generation_tokens=4,
+                                                      locality_sample=10),
+                         cache_dir=tmp_path / "cache", store=st)
+    assert out.recomputed == (2, 3) and out.version.parent_version == 1
+    s5 = PreservedKeys.load(state_of(NAME, out.version.version, st).path)
+    assert s5.count == 2 and not _same(s5, r2.state)  # a and c, as recomputed
+    replay = copy.deepcopy(load_hf(base_dir)[0])
+    e1 = compute_edit(replay, tok, [run1[0].to_edit_request()], hp, cache)
+    apply(replay, e1.delta)
+    e2 = compute_edit(replay, tok, [run2[0].to_edit_request()], hp, cache, state=e1.state)
+    assert _same(s5, e2.state)
+
+    # rollback --to 2 restores version 2's state exactly (it stores none of its own)
+    v4 = V.rollback_to(NAME, 2, store=st)
+    s4 = state_of(NAME, v4.version, st)
+    assert s4.version == 2 and s4.sha256 == v2.tags["state_sha256"]
+    assert _same(PreservedKeys.load(s4.path), r1.state)
+
+    # a state file that no longer matches its version's hash is refused, like weights that do not
+    f = state_of(NAME, 2, st).path
+    raw = f.read_bytes()
+    f.write_bytes(raw[:-8] + bytes(8))
+    with pytest.raises(IntegrityError, match="method state"):
+        checkout(NAME, v4.version, st)  # the rollback's state is version 2's file
+    f.write_bytes(raw)
+    assert checkout(NAME, v4.version, st).state.version == 2
+    assert v3.version == 3
+
+
+def test_the_retention_suite_catches_an_earlier_edit_the_new_one_undid_and_blames_it():
+    from validation.gate.metrics import run_gate
+    from validation.gate.policy import GatePolicy
+    from validation.requests import Request
+
+    tok = tiny_tokenizer()
+    base = tiny_model("gpt2", vocab=300, d_model=48, d_mlp=96, init_range=0.2)
+    policy = GatePolicy(paraphrases=0, neighbours=0, subject_probes=0, generation_tokens=0, locality_sample=0,
+                        min_reliability=0.0, min_generalization=0.0)
+    from sandbox.evaluate import greedy_answers
+
+    # "earlier edits": what the base model already says (so the parent holds them), and one it does not say
+    prompts = ["The capital of France is", "The capital of Poland is", "The head of state of Japan is"]
+    said = greedy_answers(base, tok, prompts, max_new_tokens=2)
+    earlier = [Request(f"old-{i}", s, "The capital of {} is" if i < 2 else "The head of state of {} is",
+                       said[i].split()[0] if said[i].split() else "x")
+               for i, s in enumerate(["France", "Poland", "Japan"])]
+    earlier.append(Request("never-held", "Spain", "The capital of {} is", "Zanzibar"))
+    new = [Request("new-fr", "France", "The currency of {} is", "Euro")]
+
+    same = run_gate(base, base, tok, new, policy, earlier=earlier)
+    rows = [p for p in same.probes if p["kind"] == "earlier"]
+    held = {r.id for r in earlier[:3] if r.target_new}
+    assert len(rows) >= 2 and {p["request"] for p in rows} <= held and "never-held" not in {p["request"] for p in rows}
+    assert same.metrics["retention"] == 1.0 and not [f for f in same.failures if f["metric"] == "retention"]
+
+    broken = copy.deepcopy(base)  # an "edit" that scrambles what layer 1 returns for every key
+    with torch.no_grad():
+        w = broken.transformer.h[1].mlp.c_proj.weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(5)) * 3 * w.std())
+    bad = run_gate(base, broken, tok, new, policy, earlier=earlier)
+    lost = [p for p in bad.probes if p["kind"] == "earlier" and not p["unchanged"]]
+    if not lost:
+        pytest.fail(f"the scrambled layer kept every earlier answer: {bad.probes}")
+    fail = next(f for f in bad.failures if f["metric"] == "retention")
+    assert bad.metrics["retention"] < 1.0 and not bad.passed
+    assert set(fail["facts"]) == {p["request"] for p in lost}
+    if any(p["subject"] == "France" for p in lost):  # the new request is about France: it is blamed
+        assert fail["requests"] == ["new-fr"]
+    # the same batch rewriting an earlier fact: that fact leaves the suite (it is superseded, not lost)
+    rewrite = [Request("new-fr2", "France", "The capital of {} is", "Lyon")]
+    sup = run_gate(base, broken, tok, rewrite, policy, earlier=earlier)
+    assert "old-0" not in {p["request"] for p in sup.probes if p["kind"] == "earlier"}
