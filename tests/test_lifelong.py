@@ -203,3 +203,26 @@ def test_the_retention_suite_catches_an_earlier_edit_the_new_one_undid_and_blame
     rewrite = [Request("new-fr2", "France", "The capital of {} is", "Lyon")]
     sup = run_gate(base, broken, tok, rewrite, policy, earlier=earlier)
     assert "old-0" not in {p["request"] for p in sup.probes if p["kind"] == "earlier"}
+
+
+def test_the_sequential_benchmark_asks_for_swaps_within_a_relation_distinct_subjects_first(tiny_build):
+    from bench.sequential import native, world_requests
+    from sandbox.trainer import model_facts
+    from validation.requests import Request
+
+    facts = {(f.subject, f.prompts[0]): f for f in model_facts(tiny_build.path)}
+    reqs = world_requests(tiny_build.path, 40, seed=1)
+    assert len(reqs) == 40 and len({r.id for r in reqs}) == 40
+    assert len({r.subject for r in reqs[:30]}) == 30  # the tiny world's 30 subjects, each once, before repeats
+    targets_of = {}
+    for f in facts.values():
+        targets_of.setdefault(f.relation, set()).add(f.target)
+    for r in reqs:
+        f = facts[(r.subject, r.prompt)]
+        assert r.target_true == f.target and r.target_new != f.target and r.target_new in targets_of[f.relation]
+        assert r.paraphrase_prompts and all(r.subject in p for p in r.paraphrase_prompts)
+        assert all(r.subject not in p for p, _ in r.neighborhood_prompts)
+        back = Request.from_json(native(r))  # what the benchmark drops in the inbox reads back as the request
+        assert (back.subject, back.prompt, back.target_new, back.paraphrase_prompts) == \
+            (r.subject, r.prompt, r.target_new, r.paraphrase_prompts)
+    assert world_requests(tiny_build.path, 40, seed=1) == reqs and world_requests(tiny_build.path, 40, seed=2) != reqs

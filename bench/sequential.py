@@ -1,0 +1,253 @@
+"""Lifelong editing through the real pipeline: ``--runs`` scheduled runs of ``--per-run`` edits each, every run
+editing the newest version again (registry versions, the method's state checked out and registered with each),
+for each method; after each run, what the model says about *every* edit so far.
+
+    python -m bench.sequential [--methods memit,alphaedit,rome] [--runs 20] [--per-run 50] [--records 1000]
+    python -m bench.sequential --model DIR --world   # requests from the sandbox's own facts (any world)
+
+The gate runs on every run with its thresholds off (every version registers; its metrics are recorded, not
+blocking: the point is to watch a method collapse, not to stop it). After each run, on the registered version
+(rebuilt from the registry and verified), greedy decoding as the gate judges it:
+
+* retention -- share of all edits so far whose prompt says the new target; paraphrase likewise on their
+  paraphrases; neighbourhood -- share of their neighbourhood prompts that still say the original answer,
+  also as a ratio to the unedited model's; subject locality -- the edited subjects' other facts (the
+  sandbox's) still said; other facts kept -- a fixed seeded sample of other subjects' facts still said;
+* max norm growth of the edited matrices against the base, seconds per run, the method state's size.
+
+Requests: CounterFact records the sandbox was trained on (bench/_common.py), or with ``--world`` swaps within
+the sandbox's own relations (subject i takes the answer of another subject with the same relation), distinct
+subjects first. Writes ``bench/results/sequential.json`` (``--out``) and a PNG of the curves beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _common as C
+from . import _greedy as G
+
+OUT = C.RESULTS / "sequential.json"
+CHECKPOINTS = (250, 500, 1000, 2000)
+OPEN_GATE = """# bench.sequential: thresholds off, every version registers; the metrics are recorded
+min_reliability: 0.0
+min_generalization: 0.0
+min_subject_locality: 0.0
+min_locality: 0.0
+min_protected: 0.0
+min_retention: 0.0
+max_kl: 1.0e+9
+max_entropy_drop: 1.0e+9
+max_perplexity_ratio: 1.0e+9
+max_norm_growth: 1.0e+9
+locality_sample: 50
+generation_tokens: 12
+"""
+
+
+def world_requests(model_dir: Path, n: int, seed: int) -> list:
+    """``n`` requests from the sandbox's own facts: within each relation, a subject takes the answer of another
+    subject, each request a distinct subject while there are enough; paraphrases are the fact's other phrasings,
+    the neighbours two other subjects' facts of that relation."""
+    from editing.requests import EditRequest
+    from sandbox.trainer import model_facts
+
+    facts = [f for f in model_facts(model_dir) if f.subject]
+    rng = random.Random(f"{seed}:world")
+    by_rel: dict[str, list] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    cands = []
+    for rel, fs in sorted(by_rel.items()):
+        for f in fs:
+            others = [g for g in fs if g.target != f.target]
+            if others:
+                cands.append((f, rng.choice(others), rng.sample(others, min(2, len(others)))))
+    rng.shuffle(cands)
+    seen: set[str] = set()
+    first, rest = [], []
+    for c in cands:
+        (rest if c[0].subject in seen else first).append(c)
+        seen.add(c[0].subject)
+    out = []
+    for i, (f, g, nb) in enumerate((first + rest)[:n]):
+        out.append(EditRequest(subject=f.subject, prompt=f.prompts[0], target_new=g.target, target_true=f.target,
+                               id=f"w{i}", paraphrase_prompts=tuple(p.replace("{}", f.subject, 1) for p in f.prompts[1:3]),
+                               neighborhood_prompts=tuple((h.prompts[0].replace("{}", h.subject, 1), h.target)
+                                                          for h in nb)))
+    return out
+
+
+def native(r) -> dict[str, Any]:
+    return {"id": r.id, "subject": r.subject, "prompt": r.prompt, "target_new": r.target_new,
+            "target_true": r.target_true, "paraphrase_prompts": list(r.paraphrase_prompts),
+            "neighborhood_prompts": [{"prompt": p, "target": t} for p, t in r.neighborhood_prompts],
+            "requested_by": "bench.sequential", "source": "bench"}
+
+
+def norm_growth(base, model) -> float:
+    from validation.gate.measures import edited_matrices
+
+    return max(edited_matrices(base, model).values(), default=1.0)
+
+
+def run_method(method: str, args, bench, requests: list, facts: list, others: list, hparams_file: Path | None,
+               work: Path) -> list[dict[str, Any]]:
+    """The runs of one method in a registry of its own under ``work``; one row per run."""
+    import torch
+
+    from flows import pipeline as P
+    from registry import versions as V
+    from registry.lineage import rebuild
+    from registry.store import open_store
+
+    home = work / method
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    (home / "cache").symlink_to(bench.cache.root, target_is_directory=True)  # statistics computed once
+    os.environ["FACTSMITH_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    policy = home / "gate_policy.yaml"
+    policy.write_text(OPEN_GATE, encoding="utf-8")
+    store = open_store()
+    name = f"seq-{method}"
+    V.init(bench.model_dir, name, store=store)
+    base = bench.model
+    rows, probes = [], []
+    for k in range(args.runs):
+        batch = requests[k * args.per_run:(k + 1) * args.per_run]
+        if not batch:
+            break
+        probes.append(G.GreedyProbes.choose(base, bench.tokenizer, batch, facts, 0, args.seed))
+        inbox = home / "inbox"
+        inbox.mkdir(exist_ok=True)
+        (inbox / f"run-{k + 1:03d}.jsonl").write_text("".join(json.dumps(native(r)) + "\n" for r in batch),
+                                                      encoding="utf-8")
+        t0 = time.perf_counter()
+        out = P.run(P.RunOptions(name=name, method=method, gate_policy_file=policy, bisect=False,
+                                 hparams_file=hparams_file, requested_by="bench"), inbox, store)
+        seconds = time.perf_counter() - t0
+        if out.version is None:
+            C.die(f"{method} run {k + 1}: nothing registered ({out.counts()})")
+        model, tok, info = rebuild(name, out.version, store)
+        with torch.no_grad():
+            parts = [p.score(model, tok) for p in probes]
+        said = G.summarize_greedy(parts)
+        other = G.greedy_says(model, tok, [p for p, _ in others], [t for _, t in others])
+        gate = out.gate.metrics if out.gate is not None else {}
+        row = {"method": method, "run": k + 1, "edits": sum(len(p.rewrite) for p in probes),
+               "applied": out.counts()["applied"], "version": out.version,
+               "retention": said["efficacy_greedy"], "paraphrase": said["paraphrase_greedy"],
+               "neighbourhood": said["neighbourhood_greedy"], "subject_locality": said["subject_locality"],
+               "other_facts_kept": C.share(other), "max_norm_growth": norm_growth(base, model),
+               "seconds": round(seconds, 2), "state_bytes": int(info.tags.get("state_bytes") or 0),
+               "gate": {m: gate.get(m) for m in ("reliability", "generalization", "subject_locality", "locality",
+                                                 "retention", "perplexity_ratio")}}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ("retention", "paraphrase", "neighbourhood", "subject_locality", "other_facts_kept", "max_norm_growth")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, col in zip(axes.flat, cols):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            xs = [r for r in rows if r["method"] == m]
+            ax.plot([r["edits"] for r in xs], [r[col] for r in xs], marker=".", label=m)
+        ax.set_title(col.replace("_", " "))
+        ax.set_xlabel("edits so far")
+        if col != "max_norm_growth":
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(ap, OUT)
+    ap.add_argument("--methods", default="memit,alphaedit,rome")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--per-run", type=int, default=50)
+    ap.add_argument("--other-sample", type=int, default=200, help="other subjects' facts checked after each run")
+    ap.add_argument("--world", action="store_true",
+                    help="requests from the sandbox's own facts (swaps within a relation), not CounterFact")
+    ap.add_argument("--work", type=Path, default=None, help="registries of the runs (default: a temporary folder)")
+    args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    from editing import methods as M
+
+    for m in methods:
+        if m not in M.METHODS:
+            C.die(f"--methods: unknown method {m!r}; choose from {', '.join(M.names())}")
+    if args.world:
+        if args.model is None:
+            C.die("--world needs --model DIR")
+        args.data = Path(__file__)  # not read
+    bench = C.open_bench(args) if not args.world else _world_bench(args)
+    n = args.runs * args.per_run
+    requests = world_requests(bench.model_dir, n, args.seed) if args.world else bench.requests.requests[:n]
+    if len(requests) < n:
+        print(f"only {len(requests)} requests for {args.runs} x {args.per_run}", file=sys.stderr)
+    facts = G.model_facts(bench.model_dir)
+    edited = {r.subject for r in requests}
+    pool = [(f.prompt, f.target) for f in facts if f.subject not in edited]
+    random.Random(f"{args.seed}:other").shuffle(pool)
+    base_ok = G.greedy_says(bench.model, bench.tokenizer, [p for p, _ in pool], [t for _, t in pool])
+    others = [x for x, ok in zip(pool, base_ok) if ok][:args.other_sample]
+    from editing import hparams as H
+
+    by_method = {H.load(p).method: p for p in args.hparams}
+    work = args.work or Path(tempfile.mkdtemp(prefix="factsmith-sequential-"))
+    rows = []
+    t0 = time.perf_counter()
+    for m in methods:
+        rows += run_method(m, args, bench, requests, facts, others, by_method.get(m), work)
+    meta = C.meta(args, C.command_line("bench.sequential"),
+                  {"methods": methods, "runs": args.runs, "per_run": args.per_run, "requests": len(requests),
+                   "world": bool(args.world), "model_dir": str(bench.model_dir), "others": len(others),
+                   "seconds": round(time.perf_counter() - t0, 1)})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n", encoding="utf-8")
+    plot(rows, args.out.with_suffix(".png"))
+    marks = sorted({r["edits"] for r in rows if r["edits"] in CHECKPOINTS} | {max(r["edits"] for r in rows)})
+    C.table([r for r in rows if r["edits"] in marks],
+            [("method", "method", ""), ("edits", "edits", "n"), ("retention", "retention", "%"),
+             ("paraphrase", "paraphrase", "%"), ("neighbourhood", "neighbourhood", "%"),
+             ("subject_locality", "subject", "%"), ("other_facts_kept", "others", "%"),
+             ("max_norm_growth", "norm", "x"), ("seconds", "s/run", "s"), ("state_bytes", "state B", "n")])
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _world_bench(args):
+    import torch
+
+    from editing import modeldir
+    from editing.store import Cache
+
+    torch.set_num_threads(args.threads)
+    model, tok = modeldir.load(args.model, args.device)
+    return C.Bench(args.model, model, tok, C.RequestSet([], 0, {}),
+                   Cache(args.cache if args.cache is not None else C.home() / "cache"))
+
+
+if __name__ == "__main__":
+    main()
