@@ -235,3 +235,48 @@ def test_two_runs_at_once_on_one_model_lose_no_edit(registry_home, tiny_build):
     assert [(i.version, i.parent_version) for i in vs] == [(1, None), (2, 1), (3, 2)]  # the second built on the first
     assert _applied_ids() == ["cap-12", "cap-14"]
     assert audit.verify(NAME, store).ok
+
+
+def test_alphaedit_runs_carry_their_state_from_version_to_version_and_keep_every_earlier_edit(registry_home, tiny_build):
+    """Issue 22: five scheduled runs of four capital swaps with AlphaEdit. Each run checks out the newest version
+    with its state, the gate's retention suite checks every earlier edit, the version registers the grown state;
+    a rollback restores an earlier state and the next run continues from it."""
+    from flows import pipeline
+    from editing.methods.alphaedit.solve import PreservedKeys
+    from registry.lineage import state_of
+    from registry.versions import rollback_to
+    from sandbox.evaluate import greedy_correct
+    from registry.versions import load_model
+    from sandbox.trainer import model_facts
+
+    h, store = registry_home
+    caps = [f for f in model_facts(tiny_build.path) if f.relation == "capital"]
+    # subjects 0-19 move, each to the capital of one of subjects 20-29 (never edited: no chain of swaps)
+    reqs = [{"id": f"ae-{i}", "subject": f.subject, "prompt": f.prompts[0], "target_new": caps[20 + i % 10].target,
+             "target_true": f.target, "relation": "capital"} for i, f in enumerate(caps[:20])]
+    counts = []
+    for run in range(5):
+        _write(h / "inbox" / f"run{run}.jsonl", reqs[4 * run:4 * run + 4])
+        out = pipeline.run(pipeline.RunOptions(name=NAME, method="alphaedit"), h / "inbox", store)
+        assert out.version == run + 2 and out.counts()["applied"] == 4, out.to_json()["states"]
+        assert out.gate.metrics["probes"]["earlier"] >= 4 * run - 1  # the earlier edits the parent says
+        assert out.gate.metrics["retention"] in (None, 1.0)
+        st = state_of(NAME, out.version, store)
+        assert st.version == out.version and st.method == "alphaedit"
+        counts.append(PreservedKeys.load(st.path).count)
+    assert counts == [4, 8, 12, 16, 20]
+    model, tok = load_model(f"{NAME}/6", store)
+    said = greedy_correct(model, tok, [r["prompt"].replace("{}", r["subject"]) for r in reqs], [r["target_new"] for r in reqs])
+    assert all(said), [r["id"] for r, ok in zip(reqs, said) if not ok]
+
+    back = rollback_to(NAME, 3, store=store)  # version 3: 8 edits
+    assert PreservedKeys.load(state_of(NAME, back.version, store).path).count == 8
+    from registry.versions import promote
+
+    promote(NAME, back.version, store=store)
+    more = [{"id": "ae-late", "subject": caps[25].subject, "prompt": caps[25].prompts[0],
+             "target_new": caps[1].target, "target_true": caps[25].target, "relation": "capital"}]
+    _write(h / "inbox" / "late.jsonl", more)
+    out = pipeline.run(pipeline.RunOptions(name=NAME, method="alphaedit"), h / "inbox", store)
+    assert out.parent_version == back.version
+    assert PreservedKeys.load(state_of(NAME, out.version, store).path).count == 9
