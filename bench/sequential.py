@@ -10,8 +10,8 @@ blocking: the point is to watch a method collapse, not to stop it). After each r
 (rebuilt from the registry and verified), greedy decoding as the gate judges it:
 
 * retention -- share of all edits so far whose prompt says the new target; paraphrase likewise on their
-  paraphrases; neighbourhood -- share of their neighbourhood prompts that still say the original answer,
-  also as a ratio to the unedited model's; subject locality -- the edited subjects' other facts (the
+  paraphrases; neighbourhood -- share of their neighbourhood prompts that still say the original answer, of
+  those the unedited model says (so 1.0 is the unedited model's level), less any fact edited since; subject locality -- the edited subjects' other facts (the
   sandbox's) still said; other facts kept -- a fixed seeded sample of other subjects' facts still said;
 * max norm growth of the edited matrices against the base, seconds per run, the method state's size.
 
@@ -23,6 +23,7 @@ subjects first. Writes ``bench/results/sequential.json`` (``--out``) and a PNG o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -140,8 +141,12 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
         if out.version is None:
             C.die(f"{method} run {k + 1}: nothing registered ({out.counts()})")
         model, tok, info = rebuild(name, out.version, store)
+        # a neighbour or subject probe that is itself a fact edited since is no longer expected to stay
+        edited_texts = {r.text for r in requests[:(k + 1) * args.per_run]}
+        current = [dataclasses.replace(p, neighbour=[x for x in p.neighbour if x[0] not in edited_texts],
+                                       subject=[x for x in p.subject if x[0] not in edited_texts]) for p in probes]
         with torch.no_grad():
-            parts = [p.score(model, tok) for p in probes]
+            parts = [p.score(model, tok) for p in current]
         said = G.summarize_greedy(parts)
         other = G.greedy_says(model, tok, [p for p, _ in others], [t for _, t in others])
         gate = out.gate.metrics if out.gate is not None else {}
