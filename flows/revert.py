@@ -125,8 +125,11 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     if protected is None:
         default = settings.protected_facts_file()
         protected = load_protected(default) if default.is_file() else []
+    from .pipeline import earlier_edits
+
+    # the retention suite: the edits P already holds must survive the recomputed ones
     report = run_gate(base, model, tok, kept, policy, protected=list(protected), pool=model_facts(work.base_dir),
-                      text=fluency_text(work.base_dir))
+                      text=fluency_text(work.base_dir), earlier=earlier_edits(name, work.chain))
     report.meta = {"reverts": request_id, "parent_version": parent.version, "newest": newest}
     composed = deltas[0][0]
     for d, *_ in deltas[1:]:
