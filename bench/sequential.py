@@ -4,6 +4,7 @@ for each method; after each run, what the model says about *every* edit so far.
 
     python -m bench.sequential [--methods memit,alphaedit,rome] [--runs 20] [--per-run 50] [--records 1000]
     python -m bench.sequential --model DIR --world   # requests from the sandbox's own facts (any world)
+    python -m bench.sequential --work DIR ...        # resumable: again with the same DIR continues each method
 
 The gate runs on every run with its thresholds off (every version registers; its metrics are recorded, not
 blocking: the point is to watch a method collapse, not to stop it). After each run, on the registered version
@@ -102,8 +103,14 @@ def norm_growth(base, model) -> float:
 
 
 def run_method(method: str, args, bench, requests: list, facts: list, others: list, hparams_file: Path | None,
-               work: Path) -> list[dict[str, Any]]:
-    """The runs of one method in a registry of its own under ``work``; one row per run."""
+               work: Path, save=None) -> list[dict[str, Any]]:
+    """The runs of one method in a registry of its own under ``work``; one row per run.
+
+    Resumable: each row is appended to ``work/METHOD/rows.jsonl`` as it is measured, with a fingerprint of
+    what the runs depend on (model, requests, batch size, hparams, seed) in ``run.json``. Started again on the
+    same ``--work``, a method continues after its last row (a run killed half-way is finished by the
+    pipeline's own recovery: the inbox file is still there, or a committed run already moved it); a
+    different fingerprint starts the method over."""
     import torch
 
     from flows import pipeline as P
@@ -112,35 +119,52 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
     from registry.store import open_store
 
     home = work / method
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    (home / "cache").symlink_to(bench.cache.root, target_is_directory=True)  # statistics computed once
+    fingerprint = _fingerprint(method, args, bench, requests, hparams_file)
+    rows = _resumed(home, fingerprint)
+    if not rows:
+        if home.exists():
+            shutil.rmtree(home)
+        home.mkdir(parents=True)
+        (home / "cache").symlink_to(bench.cache.root, target_is_directory=True)  # statistics computed once
+        (home / "run.json").write_text(json.dumps(fingerprint, indent=1) + "\n", encoding="utf-8")
     os.environ["FACTSMITH_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     policy = home / "gate_policy.yaml"
     policy.write_text(OPEN_GATE, encoding="utf-8")
     store = open_store()
     name = f"seq-{method}"
-    V.init(bench.model_dir, name, store=store)
+    if not rows:
+        V.init(bench.model_dir, name, store=store)
+    else:
+        print(f"{method}: resuming after run {len(rows)} (version {rows[-1]['version']})", file=sys.stderr)
     base = bench.model
-    rows, probes = [], []
+    probes = []
     for k in range(args.runs):
         batch = requests[k * args.per_run:(k + 1) * args.per_run]
         if not batch:
             break
         probes.append(G.GreedyProbes.choose(base, bench.tokenizer, batch, facts, 0, args.seed))
+        if k < len(rows):
+            continue
         inbox = home / "inbox"
         inbox.mkdir(exist_ok=True)
-        (inbox / f"run-{k + 1:03d}.jsonl").write_text("".join(json.dumps(native(r)) + "\n" for r in batch),
-                                                      encoding="utf-8")
+        file = inbox / f"run-{k + 1:03d}.jsonl"
+        done = any((inbox / "processed").glob(f"*-{file.name}"))  # moved there (time-stamped) by its commit
+        resumed = file.exists() or done
+        if not done:
+            file.write_text("".join(json.dumps(native(r)) + "\n" for r in batch), encoding="utf-8")
         t0 = time.perf_counter()
         out = P.run(P.RunOptions(name=name, method=method, gate_policy_file=policy, bisect=False,
                                  hparams_file=hparams_file, requested_by="bench"), inbox, store)
         seconds = time.perf_counter() - t0
-        if out.version is None:
+        version = out.version
+        if version is None and resumed:  # a killed run had committed it already
+            newest = V.versions(name, store)[-1]
+            if newest.version > (rows[-1]["version"] if rows else 1):
+                version = newest.version
+        if version is None:
             C.die(f"{method} run {k + 1}: nothing registered ({out.counts()})")
-        model, tok, info = rebuild(name, out.version, store)
+        model, tok, info = rebuild(name, version, store)
         # a neighbour or subject probe that is itself a fact edited since is no longer expected to stay
         edited_texts = {r.text for r in requests[:(k + 1) * args.per_run]}
         current = [dataclasses.replace(p, neighbour=[x for x in p.neighbour if x[0] not in edited_texts],
@@ -151,15 +175,51 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
         other = G.greedy_says(model, tok, [p for p, _ in others], [t for _, t in others])
         gate = out.gate.metrics if out.gate is not None else {}
         row = {"method": method, "run": k + 1, "edits": sum(len(p.rewrite) for p in probes),
-               "applied": out.counts()["applied"], "version": out.version,
+               "applied": out.counts()["applied"], "version": version,
                "retention": said["efficacy_greedy"], "paraphrase": said["paraphrase_greedy"],
                "neighbourhood": said["neighbourhood_greedy"], "subject_locality": said["subject_locality"],
                "other_facts_kept": C.share(other), "max_norm_growth": norm_growth(base, model),
                "seconds": round(seconds, 2), "state_bytes": int(info.tags.get("state_bytes") or 0),
                "gate": {m: gate.get(m) for m in ("reliability", "generalization", "subject_locality", "locality",
                                                  "retention", "perplexity_ratio")}}
+        if resumed:
+            row["resumed"] = True  # its seconds are the finishing run's only
         rows.append(row)
+        with (home / "rows.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
         print(json.dumps(row), file=sys.stderr, flush=True)
+        if save is not None:
+            save(rows)
+    return rows
+
+
+def _fingerprint(method: str, args, bench, requests: list, hparams_file: Path | None) -> dict[str, Any]:
+    import hashlib
+
+    from editing.delta import weights_sha256
+
+    hp = hashlib.sha256(hparams_file.read_bytes()).hexdigest() if hparams_file else "shipped preset"
+    return {"method": method, "model_sha256": weights_sha256(bench.model), "requests": C.ids_digest(requests),
+            "edits": len(requests), "per_run": args.per_run, "seed": args.seed, "other_sample": args.other_sample,
+            "hparams": hp}
+
+
+def _resumed(home: Path, fingerprint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows measured so far under ``home`` when its runs were made with ``fingerprint``, else []."""
+    try:
+        before = json.loads((home / "run.json").read_text(encoding="utf-8"))
+        lines = (home / "rows.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return []
+    if before != fingerprint:
+        print(f"{home}: made with other settings ({before}); starting over", file=sys.stderr)
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a row cut by a kill: measured again
+            break
     return rows
 
 
@@ -195,7 +255,9 @@ def main() -> None:
     ap.add_argument("--other-sample", type=int, default=200, help="other subjects' facts checked after each run")
     ap.add_argument("--world", action="store_true",
                     help="requests from the sandbox's own facts (swaps within a relation), not CounterFact")
-    ap.add_argument("--work", type=Path, default=None, help="registries of the runs (default: a temporary folder)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="registries of the runs (default: a temporary folder); the bench resumes from one given "
+                         "again, each method after its last measured run")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     from editing import methods as M
@@ -222,17 +284,21 @@ def main() -> None:
 
     by_method = {H.load(p).method: p for p in args.hparams}
     work = args.work or Path(tempfile.mkdtemp(prefix="factsmith-sequential-"))
-    rows = []
+    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+
+    def save(current: list[dict[str, Any]]) -> None:  # after every run: a long bench shows its curves as it goes
+        meta = C.meta(args, C.command_line("bench.sequential"),
+                      {"methods": methods, "runs": args.runs, "per_run": args.per_run, "requests": len(requests),
+                       "world": bool(args.world), "model_dir": str(bench.model_dir), "others": len(others),
+                       "work": str(work), "seconds": round(time.perf_counter() - t0, 1)})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows + current}, indent=1) + "\n", encoding="utf-8")
+        plot(rows + current, args.out.with_suffix(".png"))
+
     for m in methods:
-        rows += run_method(m, args, bench, requests, facts, others, by_method.get(m), work)
-    meta = C.meta(args, C.command_line("bench.sequential"),
-                  {"methods": methods, "runs": args.runs, "per_run": args.per_run, "requests": len(requests),
-                   "world": bool(args.world), "model_dir": str(bench.model_dir), "others": len(others),
-                   "seconds": round(time.perf_counter() - t0, 1)})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n", encoding="utf-8")
-    plot(rows, args.out.with_suffix(".png"))
+        rows += run_method(m, args, bench, requests, facts, others, by_method.get(m), work, save)
+        save([])
     marks = sorted({r["edits"] for r in rows if r["edits"] in CHECKPOINTS} | {max(r["edits"] for r in rows)})
     C.table([r for r in rows if r["edits"] in marks],
             [("method", "method", ""), ("edits", "edits", "n"), ("retention", "retention", "%"),
