@@ -12,8 +12,10 @@ blocking: the point is to watch a method collapse, not to stop it). After each r
 
 * retention -- share of all edits so far whose prompt says the new target; paraphrase likewise on their
   paraphrases; neighbourhood -- share of their neighbourhood prompts that still say the original answer, of
-  those the unedited model says (so 1.0 is the unedited model's level), less any fact edited since; subject locality -- the edited subjects' other facts (the
-  sandbox's) still said; other facts kept -- a fixed seeded sample of other subjects' facts still said;
+  those the unedited model says (so 1.0 is the unedited model's level), less any fact edited since; subject
+  locality -- the edited subjects' other facts (the sandbox's, or the relation catalogue's phrasings the unedited
+  model answers confidently) still said; other facts kept -- a fixed seeded sample of the facts of subjects no
+  request edits (where every subject is edited, as on CounterFact, the sandbox's subject-less facts) still said;
 * max norm growth of the edited matrices against the base, seconds per run, the method state's size.
 
 Requests: CounterFact records the sandbox was trained on (bench/_common.py), or with ``--world`` swaps within
@@ -119,7 +121,7 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
     from registry.store import open_store
 
     home = work / method
-    fingerprint = _fingerprint(method, args, bench, requests, hparams_file)
+    fingerprint = _fingerprint(method, args, bench, requests, others, hparams_file)
     rows = _resumed(home, fingerprint)
     if not rows:
         if home.exists():
@@ -193,14 +195,14 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
     return rows
 
 
-def _fingerprint(method: str, args, bench, requests: list, hparams_file: Path | None) -> dict[str, Any]:
+def _fingerprint(method: str, args, bench, requests: list, others: list, hparams_file: Path | None) -> dict[str, Any]:
     import hashlib
 
     from editing.delta import weights_sha256
 
     hp = hashlib.sha256(hparams_file.read_bytes()).hexdigest() if hparams_file else "shipped preset"
     return {"method": method, "model_sha256": weights_sha256(bench.model), "requests": C.ids_digest(requests),
-            "edits": len(requests), "per_run": args.per_run, "seed": args.seed, "other_sample": args.other_sample,
+            "edits": len(requests), "per_run": args.per_run, "seed": args.seed, "others": hashlib.sha256(repr(others).encode()).hexdigest()[:16],
             "hparams": hp}
 
 
@@ -277,6 +279,10 @@ def main() -> None:
     facts = G.model_facts(bench.model_dir)
     edited = {r.subject for r in requests}
     pool = [(f.prompt, f.target) for f in facts if f.subject not in edited]
+    if len(pool) < args.other_sample:  # CounterFact: every subject is edited; its subject-less facts stay
+        from sandbox.trainer import model_facts
+
+        pool += [(f.prompts[0], f.target) for f in model_facts(bench.model_dir) if not f.subject]
     random.Random(f"{args.seed}:other").shuffle(pool)
     base_ok = G.greedy_says(bench.model, bench.tokenizer, [p for p, _ in pool], [t for _, t in pool])
     others = [x for x, ok in zip(pool, base_ok) if ok][:args.other_sample]
