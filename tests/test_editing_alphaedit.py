@@ -10,7 +10,7 @@ from editing import hparams as H
 from editing.delta import apply
 from editing.engine import compute_edit
 from editing.methods.alphaedit import AlphaEditHparams
-from editing.methods.alphaedit.solve import PreservedKeys, layer_update, nullspace_projection
+from editing.methods.alphaedit.solve import PreservedKeys, layer_update, nullspace_projection, release
 from editing.requests import EditRequest
 from editing.store import Cache
 
@@ -53,6 +53,30 @@ def test_the_update_leaves_preserved_and_earlier_keys_and_reaches_the_new_ones()
     moved = lambda ld: float((ld.U.double() @ ld.V.double().T @ Kp).norm())  # noqa: E731
     assert moved(kept) < 1e-3 * moved(free)
 
+
+
+def test_a_key_edited_again_is_released_from_its_earlier_constraint_and_other_earlier_keys_are_not():
+    """A subject edited before has the same key (cosine 1.000 on the sandbox, whatever the relation): its earlier
+    edit's constraint (leave that key's output as it is) would fight the new edit (change it) and realise half of
+    it with a huge update. The batch's own key directions leave the preserved sums; the other earlier keys stay."""
+    C, _ = _statistics()
+    P = nullspace_projection(C, threshold=1e-4)
+    g = torch.Generator().manual_seed(2)
+    K1 = P @ torch.randn(48, 3, generator=g, dtype=torch.float64)
+    R = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    other = P @ torch.randn(48, 2, generator=g, dtype=torch.float64)  # other subjects' earlier keys
+    other = other - K1 @ torch.linalg.lstsq(K1, other).solution  # ... orthogonal to this batch's
+    again = K1[:, :1]  # the first request's subject was edited before: the same key
+    preserved = other @ other.T + again @ again.T
+    released = release(preserved, K1)
+    assert torch.allclose(released, released.T) and float((released @ K1).norm()) < 1e-9 * float(preserved.norm())
+    assert torch.allclose(released, other @ other.T, atol=1e-9)  # orthogonal earlier keys: untouched
+    fight = layer_update(R, K1, P, preserved, alpha=1e-6)
+    ok = layer_update(R, K1, P, released, alpha=1e-6)
+    dW = lambda ld: ld.U.double() @ ld.V.double().T  # noqa: E731
+    share = lambda ld: float((dW(ld) @ again).squeeze() @ R[:, 0] / (R[:, 0] @ R[:, 0]))  # noqa: E731
+    assert share(fight) < 0.6 and abs(share(ok) - 1.0) < 1e-3  # half the target against all of it
+    assert float((dW(ok) @ other).norm()) < 1e-3 * float(dW(ok).norm() * other.norm())  # the others: still kept
 
 def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_path):
     tok = tiny_tokenizer(320)

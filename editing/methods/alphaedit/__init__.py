@@ -29,6 +29,9 @@ class AlphaEditHparams:
     # λ of MEMIT's λ C inside the null space: A = P (K Kᵀ + K_p K_pᵀ + λ C) + α I. 0 is the paper's update; above
     # it, the directions the projection keeps are still penalised by what variance the statistics give them
     mom2_update_weight: float = 0.0
+    # Take the batch's own key directions out of the earlier edits' constraint (solve.release): a later edit of
+    # a subject edited before re-edits that subject's key instead of fighting its earlier edit's constraint
+    release_batch_keys: bool = True
     batched_targets: bool = True  # optimise all target vectors of a batch together
     # As MEMIT's: a request realised below min_realized gets its target raised (at most max_target_gain in all)
     # and the layers solved again, up to realize_rounds times
