@@ -70,10 +70,12 @@ def edit_layers(hp: Hparams) -> list[int]:
 
 def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Hparams, store: Cache,
                  corpus_files: list[Path] | None = None, on_event: Event | None = None,
-                 state: Any = None) -> EditResult:
+                 state: Any = None, released: list[EditRequest] | None = None) -> EditResult:
     """Compute the delta of ``requests`` with ``hp``'s method. ``model`` is the same, bit for bit, on return.
 
-    ``state``: what a stateful method carried out of the edit that produced ``model`` (None at the first)."""
+    ``state``: what a stateful method carried out of the edit that produced ``model`` (None at the first);
+    ``released``: the edits in effect that this batch replaces (the last applied edit of each subject it edits
+    again), whose keys a stateful method stops preserving."""
     if not requests:
         raise ValueError("no requests to edit")
     method = methods.of(hp)
@@ -105,7 +107,8 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
     t_stats = time.perf_counter() - t0
 
     emit("targets", {"requests": len(requests)})
-    out = method.compute(Inputs(model, tokenizer, requests, hp, templates, covs, emit, state, store))
+    out = method.compute(Inputs(model, tokenizer, requests, hp, templates, covs, emit, state, store,
+                                 list(released or ())))
     delta = out.delta
     timings = {"templates": t_templates, "stats": t_stats, **out.timings}
     timings["total"] = time.perf_counter() - t_all
@@ -117,7 +120,7 @@ def compute_edit(model: nn.Module, tokenizer, requests: list[EditRequest], hp: H
         "requests": [r.to_json() for r in requests],
         "base_weights_sha256": base_hash,
         "stats_corpus": None if corpus is None else {"name": corpus.name, "sha256": corpus.sha256, "tokens": corpus.tokens},
-        "context_templates": templates,
+        "context_templates": out.details.get("context_templates", templates),  # a method may keep its own
         "timings": timings,
     }
     return EditResult(delta, timings, out.details, out.state)

@@ -139,32 +139,57 @@ def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: tor
     return torch.take_along_dim(model(input_ids=ids, attention_mask=att).logits, keep[..., None], dim=1)
 
 
-@torch.no_grad()
-def keys(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest], templates: list[str],
-         batch_size: int = 256) -> torch.Tensor:
-    """(n, d_k) float32: the input of ``module_name`` at each request's subject's last token, averaged over
-    ``templates`` (each wrapped around the request's prompt) and the request's ``rewrite_prompts``."""
+def _key_rows(tokenizer, requests: list[EditRequest], templates: list[str]) -> list[Row]:
+    """The prompts a request's key is read on: each template wrapped around its prompt, and its other phrasings
+    (the subject at the start of the text), which join its target too."""
     rows = [Row(*encode_edit(tokenizer, _with_prefix(t, r.prompt), r.subject), req=j, kind="key")
             for j, r in enumerate(requests) for t in templates]
-    # a request's other phrasings (the subject at the start of the text) join the average, as they join its target
     rows += [Row(*encode_edit(tokenizer, t, r.subject), req=j, kind="key")
              for j, r in enumerate(requests) for t in r.rewrite_prompts if t != r.prompt]
-    count = torch.tensor([sum(1 for r in rows if r.req == j) for j in range(len(requests))], dtype=torch.float64)
+    return rows
+
+
+@torch.no_grad()
+def _each_key(model: nn.Module, tokenizer, module_name: str, rows: list[Row], batch_size: int):
+    """(row, its key as float64 on the CPU) for every row: the input of ``module_name`` at the subject's last token."""
     device = next(model.parameters()).device
-    d_k = None
-    acc: torch.Tensor | None = None
     for chunk in _batches(rows, batch_size):
         ids, att = _pad(chunk, _pad_id(tokenizer), device)
         with Trace(model, [module_name], retain_input=True, retain_output=False) as tr:
             model(input_ids=ids, attention_mask=att)
         x = tr[module_name].input  # (B, T, d_k)
-        if acc is None:
-            d_k = x.shape[-1]
-            acc = torch.zeros(len(requests), d_k, dtype=torch.float64)
         for b, r in enumerate(chunk):
-            acc[r.req] += x[b, r.subj].double().cpu()
+            yield r, x[b, r.subj].double().cpu()
+
+
+def keys(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest], templates: list[str],
+         batch_size: int = 256) -> torch.Tensor:
+    """(n, d_k) float32: the input of ``module_name`` at each request's subject's last token, averaged over
+    ``templates`` (each wrapped around the request's prompt) and the request's ``rewrite_prompts``."""
+    rows = _key_rows(tokenizer, requests, templates)
+    count = torch.tensor([sum(1 for r in rows if r.req == j) for j in range(len(requests))], dtype=torch.float64)
+    acc: torch.Tensor | None = None
+    for r, k in _each_key(model, tokenizer, module_name, rows, batch_size):
+        if acc is None:
+            acc = torch.zeros(len(requests), k.shape[0], dtype=torch.float64)
+        acc[r.req] += k
     assert acc is not None
     return (acc / count[:, None]).float()
+
+
+def key_moments(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest], templates: list[str],
+                batch_size: int = 256) -> torch.Tensor:
+    """(d_k, d_k) float64: Σ over requests of the mean k kᵀ over the prompts its key is read on (:func:`keys`'
+    rows), where ``keys`` gives the mean k. What a request's key does on each of its prompts, not on their mean."""
+    rows = _key_rows(tokenizer, requests, templates)
+    count = [sum(1 for r in rows if r.req == j) for j in range(len(requests))]
+    acc: torch.Tensor | None = None
+    for r, k in _each_key(model, tokenizer, module_name, rows, batch_size):
+        if acc is None:
+            acc = torch.zeros(k.shape[0], k.shape[0], dtype=torch.float64)
+        acc += torch.outer(k, k) / count[r.req]
+    assert acc is not None
+    return acc
 
 
 @torch.no_grad()

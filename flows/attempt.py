@@ -32,6 +32,7 @@ class Workspace:
     subjects: list[str] = field(default_factory=list)  # subjects the ledger has seen: the gate's probe bank
     state: Any = None  # the method's state in effect in the parent (a stateful method; None: from nothing)
     earlier: list[Any] = field(default_factory=list)  # requests applied by earlier versions: the regression suite
+    last_edits: dict[str, Any] = field(default_factory=dict)  # subject -> its last applied request (pipeline.last_edits)
 
 
 @dataclass
@@ -53,9 +54,12 @@ def edit_and_gate(ws: Workspace, requests: list[Any], cache_dir: Path) -> Attemp
     from validation.gate.probes import for_editor
 
     edit_requests = for_editor(requests, ws.pool, seed=ws.gate_policy.seed)  # compute_edit checks the keys
+    # the edits this batch replaces: a stateful method stops holding their keys (editing.methods.base.Inputs)
+    replaced = for_editor([ws.last_edits[s] for s in dict.fromkeys(r.subject for r in requests) if s in ws.last_edits],
+                          ws.pool, seed=ws.gate_policy.seed)
     t0 = time.perf_counter()
     result = compute_edit(ws.model, ws.tokenizer, edit_requests, ws.hparams, Cache(cache_dir),
-                          corpus_files=ws.corpus, state=ws.state)
+                          corpus_files=ws.corpus, state=ws.state, released=replaced)
     edited = copy.deepcopy(ws.model)
     apply(edited, result.delta)
     t_edit = time.perf_counter() - t0

@@ -239,7 +239,7 @@ def workspace(options: RunOptions, store, parent: Any, newest: int) -> Workspace
     return Workspace(parent, newest, model, tok, base_dir, hp, model_corpus(base_dir), load_policy(policy_path if policy_path.is_file() else None),
                      protected, model_facts(base_dir), fluency_text(base_dir), subjects,
                      state=method_state(options.name, options.method, work.state),
-                     earlier=earlier_edits(options.name, work.chain))
+                     earlier=earlier_edits(options.name, work.chain), last_edits=last_edits(options.name, work.chain))
 
 
 def earlier_edits(name: str, chain: list[Any]) -> list[Any]:
@@ -250,6 +250,18 @@ def earlier_edits(name: str, chain: list[Any]) -> list[Any]:
 
     recs = facts_in(name, [i.version for i in chain]).values()
     return [Request.from_json(ledger_request(r)) for r in recs if r.get("subject") and r.get("prompt") and r.get("new")]
+
+
+def last_edits(name: str, chain: list[Any]) -> dict[str, Any]:
+    """subject -> the last request applied to it in effect in the last version of ``chain`` (base first): the
+    edit of that subject a stateful method's state holds, which a later edit of the subject replaces."""
+    from registry.lineage import facts_in, ledger_request
+    from validation.requests import Request
+
+    order = {i.version: k for k, i in enumerate(chain)}
+    recs = sorted(facts_in(name, list(order)).values(), key=lambda r: (order[r["version"]], r["seq"]))
+    return {r["subject"]: Request.from_json(ledger_request(r)) for r in recs
+            if r.get("subject") and r.get("prompt") and r.get("new")}
 
 
 def method_state(name: str, method: str, found: Any) -> Any:

@@ -63,7 +63,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     from editing.modeldir import model_corpus
     from editing.store import Cache
     from validation.gate.metrics import run_gate
-    from validation.gate.probes import fluency_text, load_protected, model_facts
+    from validation.gate.probes import fluency_text, load_protected, model_facts, rewrite_templates
     from validation.gate.report import write_reports
     from validation.requests import Request
 
@@ -106,16 +106,22 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     if work.state is not None and work.state.method in methods.METHODS and methods.get(work.state.method).stateful:
         states[work.state.method] = methods.get(work.state.method).load_state(work.state.path)
     last_stateful = None
+    from .pipeline import last_edits
+
+    last = last_edits(name, work.chain)
     deltas, kept = [], []
     for version, method, hp_dict, left in steps:
         reqs = [Request.from_json(r) for r in left]
         # as the version computed them: the keep and rewrite prompts it recorded (none in an older version)
         edit_reqs = [q.to_edit_request(keep=tuple(r.get("keep_prompts") or ()), rewrite=tuple(r.get("rewrite_prompts") or ()))
                      for q, r in zip(reqs, left)]
+        replaced = [last[q.subject].to_edit_request(rewrite=rewrite_templates(last[q.subject]))
+                    for q in reqs if q.subject in last]  # the edits it replaces (pipeline.last_edits)
         result = compute_edit(model, tok, edit_reqs, from_dict(method, hp_dict),
                               edit_store, corpus_files=list(corpus_files) if corpus_files else None,
-                              state=states.get(method))
+                              state=states.get(method), released=replaced)
         apply(model, result.delta)
+        last.update((q.subject, q) for q in reqs)
         if result.state is not None:
             states[method], last_stateful = result.state, method
         deltas.append((result.delta, method, hp_dict, left))

@@ -95,6 +95,9 @@ class Inputs:
     emit: Event
     state: Any = None  # what the method carried out of the previous edit (None: the first edit)
     cache: Any = None  # editing.store.Cache, for what a method derives from the statistics
+    # the edits in effect that this batch replaces: the last applied edit of each subject it edits again (from
+    # the ledger). A stateful method takes their keys out of what it preserves.
+    released: list[EditRequest] = field(default_factory=list)
 
 
 @dataclass

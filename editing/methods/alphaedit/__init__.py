@@ -29,9 +29,9 @@ class AlphaEditHparams:
     # λ of MEMIT's λ C inside the null space: A = P (K Kᵀ + K_p K_pᵀ + λ C) + α I. 0 is the paper's update; above
     # it, the directions the projection keeps are still penalised by what variance the statistics give them
     mom2_update_weight: float = 0.0
-    # Take the batch's own key directions out of the earlier edits' constraint (solve.release): a later edit of
-    # a subject edited before re-edits that subject's key instead of fighting its earlier edit's constraint
-    release_batch_keys: bool = True
+    # What an edit adds to the preserved sums: "mean" -- k kᵀ of each request's key (the mean over the prompts it
+    # is read on, the reference's); "prompts" -- the mean of k kᵀ over those prompts (each prompt's key held)
+    preserve: str = "mean"
     batched_targets: bool = True  # optimise all target vectors of a batch together
     # As MEMIT's: a request realised below min_realized gets its target raised (at most max_target_gain in all)
     # and the layers solved again, up to realize_rounds times
@@ -50,6 +50,8 @@ class AlphaEditHparams:
             raise HparamsError(f"'nullspace_threshold': expected a share in (0, 1), found {self.nullspace_threshold}")
         if self.mom2_update_weight < 0:
             raise HparamsError(f"'mom2_update_weight': expected a value >= 0, found {self.mom2_update_weight}")
+        if self.preserve not in ("mean", "prompts"):
+            raise HparamsError(f"'preserve': expected 'mean' or 'prompts', found {self.preserve!r}")
         if self.l2 <= 0:
             raise HparamsError(f"'l2': expected a value > 0, found {self.l2}")
         if self.realize_rounds < 0 or self.max_target_gain < 1.0:

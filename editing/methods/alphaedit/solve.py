@@ -10,13 +10,16 @@ every key K₀ in that null space's complement -- the keys the statistics see --
 the system, so the update leaves both where they were. Stored low rank: U = R (d, n), V = A⁻¹ P K (d_k, n) with
 A = P (K Kᵀ + K_p K_pᵀ) + α I (Aᵀ is the matrix above).
 
-State carried out of an edit (:class:`PreservedKeys`): K_p K_pᵀ plus this edit's keys, read on the edited model
-(as the reference does), per layer. It is a d_k × d_k matrix per layer whatever the number of edits.
+State carried out of an edit (:class:`PreservedKeys`): K_p K_pᵀ less the keys of the edits this batch replaces
+(:func:`withdraw`) plus this edit's keys, read on the edited model (as the reference does), per layer, and the
+context templates they were read with. It is a d_k × d_k matrix per layer whatever the number of edits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -24,7 +27,7 @@ import torch
 
 from ... import delta as D
 from ...arch import spec_for
-from ...targets import keys
+from ...targets import key_moments, keys
 from ..base import Inputs, Output
 from ..memit import solve as memit
 
@@ -44,20 +47,40 @@ def nullspace_projection(cov: torch.Tensor, threshold: float) -> torch.Tensor:
     return U @ U.T
 
 
-def release(preserved: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """K_p K_pᵀ with the batch's own key directions taken out: Q K_p K_pᵀ Q, Q = I − the projection onto span(K).
+def psd(m: torch.Tensor) -> torch.Tensor:
+    """The nearest positive semi-definite matrix to the symmetric ``m`` (negative eigenvalues set to 0)."""
+    ev, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * ev.clamp_min(0)) @ vecs.T
 
-    An earlier edit's key in the span of this batch's keys is a key this batch edits again: a subject's key is
-    the same whatever relation the prompt asks about (cosine 1.000 between two relations of one country on the
-    tiny sandbox), so a second edit of a subject would be asked to leave that key's output unchanged and to
-    change it at once. The solve then realised 0.5-0.76 of each target with ‖ΔW‖ 508-866 (29-59 before) and
-    the model said none of its 40 edits (tiny sandbox, the fourth run of 10, the first to edit subjects again).
-    The batch decides those directions; the subject's other answers, earlier edits among them, are held by the
-    target optimisation's keep prompts, as in MEMIT. Other subjects' keys are almost orthogonal to the batch's
-    (cosine < 0.01 there) and keep their constraint."""
-    Q, _ = torch.linalg.qr(K.double())  # (d_k, n) orthonormal basis of the batch's keys
-    M = preserved.double() - Q @ (Q.T @ preserved.double())  # (I − QQᵀ) K_p K_pᵀ
-    return M - (M @ Q) @ Q.T  # ... (I − QQᵀ)
+
+def edited_moments(x: Inputs, layer: int, requests) -> torch.Tensor:
+    """(d_k, d_k) float64: what ``requests`` add to the preserved sum at ``layer``, their keys read on ``x.model``
+    as it is (:func:`editing.targets.keys` or, with ``preserve: prompts``, :func:`editing.targets.key_moments`)."""
+    name = spec_for(x.model).mlp_out_at(layer)
+    if x.hp.preserve == "prompts":
+        return key_moments(x.model, x.tokenizer, name, requests, x.templates)
+    K = keys(x.model, x.tokenizer, name, requests, x.templates).T.cpu().double()
+    return K @ K.T
+
+
+def withdraw(state: "PreservedKeys", x: Inputs) -> "PreservedKeys":
+    """``state`` without the keys of ``x.released`` -- the edits this batch replaces, one a subject it edits
+    again -- read on the model as it is now, as they were added when the model had just been edited by them.
+
+    A subject's key is the same whatever relation the prompt asks about (cosine 1.000 between two relations of
+    one country on the tiny sandbox), so an earlier edit of a subject held in the state asks the solve to leave
+    that key's output unchanged while the batch changes it: with it held, the re-edits of runs 4-5 realised
+    0.02-0.14 of their targets (tiny sandbox, 5 runs x 10 swaps). The subject's other answers, the earlier
+    edit's among them, are kept by the target optimisation's keep prompts, as in MEMIT. Only those keys leave:
+    taking the whole span of the batch's keys out instead (the first way tried) also took the component every
+    key shares with the relation's words, and the batch's targets bled into earlier edits of the same relation
+    (Russia's new head of government back to the old one when two other heads of government were edited).
+    Exact where the edited layers' inputs do not depend on the edits (one edited layer); the sum is kept
+    positive semi-definite where the edits since have moved a key."""
+    if not x.released or not state.sums:
+        return state
+    sums = {layer: psd(m - edited_moments(x, layer, x.released)) for layer, m in state.sums.items()}
+    return PreservedKeys(sums, max(0, state.count - len(x.released)), state.templates)
 
 
 def layer_update(resid: torch.Tensor, K: torch.Tensor, P: torch.Tensor, preserved: torch.Tensor,
@@ -81,6 +104,10 @@ class PreservedKeys:
 
     sums: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (d_k, d_k)
     count: int = 0  # keys (requests) edited so far
+    # the context templates the keys were read with: every later edit reads its keys (and optimises its targets)
+    # with the same ones, so the sums stay one consistent set of keys and a replaced edit's keys leave them
+    # exactly. The engine would generate new ones from each edited version.
+    templates: tuple[str, ...] = ()
 
     def at(self, layer: int, width: int) -> torch.Tensor:
         return self.sums.get(layer, torch.zeros(width, width, dtype=torch.float64))
@@ -90,7 +117,8 @@ class PreservedKeys:
         from safetensors.torch import save_file
 
         save_file({f"sum.{layer}": t.contiguous() for layer, t in self.sums.items()}, str(path),
-                  metadata={"format": STATE_FORMAT, "count": str(self.count)})
+                  metadata={"format": STATE_FORMAT, "count": str(self.count),
+                            "templates": json.dumps(list(self.templates))})
 
     @classmethod
     def load(cls, path) -> "PreservedKeys":
@@ -101,7 +129,8 @@ class PreservedKeys:
             if meta.get("format") != STATE_FORMAT:
                 raise ValueError(f"{path}: expected an AlphaEdit state ({STATE_FORMAT}), found format "
                                  f"{meta.get('format')!r}")
-            return cls({int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, int(meta["count"]))
+            return cls({int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, int(meta["count"]),
+                       tuple(json.loads(meta.get("templates", "[]"))))
 
 
 def load_state(path) -> PreservedKeys:
@@ -130,30 +159,31 @@ def projections(x: Inputs) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
 def run(x: Inputs) -> Output:
     hp = x.hp
     state = x.state if x.state is not None else PreservedKeys()
+    if state.templates:  # the templates the preserved keys were read with (PreservedKeys.templates)
+        x = dataclasses.replace(x, templates=list(state.templates))
+    state = withdraw(state, x)
     Ps, info = projections(x)
     alphas = {layer: hp.l2 * float(torch.trace(x.covs[layer].double())) / x.covs[layer].shape[0]
               for layer in hp.layers}
 
     def solve_layer(layer: int, resid: torch.Tensor, K: torch.Tensor) -> D.LayerDelta:
         preserved = state.at(layer, K.shape[0])
-        if hp.release_batch_keys:
-            preserved = release(preserved, K)
         if hp.mom2_update_weight:
             preserved = preserved + hp.mom2_update_weight * x.covs[layer].double()
         return layer_update(resid, K, Ps[layer], preserved, alphas[layer])
 
     delta, tm = memit.compute(x.model, x.tokenizer, x.requests, hp, x.templates, x.covs,
                               progress=lambda what: x.emit("solve", {"step": what}), solve_layer=solve_layer)
-    spec = spec_for(x.model)
     applied = D.apply(x.model, delta)
     try:  # the edited keys as the edited model computes them: what later edits must preserve
         sums = {}
         for layer in hp.layers:
-            K = keys(x.model, x.tokenizer, spec.mlp_out_at(layer), x.requests, x.templates).T.cpu().double()
-            sums[layer] = state.at(layer, K.shape[0]) + K @ K.T
+            kk = edited_moments(x, layer, x.requests)
+            sums[layer] = state.at(layer, kk.shape[0]) + kk
     finally:
         applied.revert()
-    out_state = PreservedKeys(sums, state.count + len(x.requests))
+    out_state = PreservedKeys(sums, state.count + len(x.requests), tuple(x.templates))
     details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
-               "realize_rounds": tm.realize_rounds, "nullspace": info, "preserved_keys": out_state.count}
+               "realize_rounds": tm.realize_rounds, "nullspace": info, "preserved_keys": out_state.count,
+               "context_templates": list(x.templates)}
     return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve}, details, out_state)
