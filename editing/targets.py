@@ -14,6 +14,11 @@ are shared — the loop over edits that costs MEMIT most of its time in the pape
 reaches the stop loss is frozen (its row restored after each step), exactly as if its loop had ended, and its
 prompts leave the forward passes: a batch costs what its slowest requests still need, not every row every step.
 
+A step runs each row only **from the subject's last token on** (``prefix_cache``): δ is added there, so no
+position before it changes at any layer; those positions run once per plan and their keys and values are
+cached. Equal to the whole rows' forward to float tolerance (tested on every family); on the tiny sandbox, 10
+requests (246 rows), 30 steps on 1 thread: 25.3 s -> 9.4 s. The layers up to δ's still run on the suffix.
+
 Requests about **one subject** (two relations of one country, say) share one δ, optimised on the sum of their
 losses. They share a key too: the subject's last token comes before the relation's words, so its key is the
 same whatever the prompt says after it (the prefix words before the subject move it little). Two separate δ for
@@ -52,8 +57,8 @@ class Row:
     kind: str  # "rewrite" (a prompt with its new target), "essence" or "keep" (a prompt whose distribution stays)
 
 
-def _batches(rows: list[Row], size: int) -> list[list[Row]]:
-    order = sorted(rows, key=lambda r: len(r.ids))  # similar lengths together: less padding
+def _batches(rows: list[Row], size: int, key=lambda r: len(r.ids)) -> list[list[Row]]:
+    order = sorted(rows, key=key)  # similar lengths together: less padding
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
@@ -99,9 +104,64 @@ class _Chunk:
     eref: torch.Tensor  # (E, V) their log p before the edit
     ew: torch.Tensor  # (E,) the weight of each one's KL in its request's loss
     ekeep: torch.Tensor  # (E,) a keep row (its answer is part of the argmax stop), else an essence row
+    pre: "_Prefix | None" = None  # the positions before each row's subject token, run once (prefix_cache)
 
 
-def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], kl_w: dict[int, float]) -> _Chunk:
+@dataclass
+class _Prefix:
+    """A chunk split at each row's subject token. δ is added at the subject's last token, so nothing at the
+    positions before it changes while δ is optimised, at any layer: they are run once (their keys and values
+    cached) and each step runs only the positions from the subject token on. Prefixes and suffixes are each
+    right-padded; the pads in between are masked, and each real token keeps its own position id."""
+
+    cache: list | None  # per layer, the prefix block's cached keys and values (None: no row has a prefix)
+    ids: torch.Tensor  # (B, S) suffix tokens: row b's ids[subj:], right-padded
+    att: torch.Tensor  # (B, P + S) attention mask over the prefix block and the suffix block
+    pos: torch.Tensor  # (B, S) position ids of the suffix tokens: subj, subj + 1, ...
+    keep: torch.Tensor  # (B, L) the chunk's keep positions in suffix coordinates
+
+
+def _cache_kw(model: nn.Module) -> str | None:
+    """The name of the forward argument that takes a key/value cache, where the model takes position ids and a
+    Hugging Face cache (None: the prefix is not cached, every step runs the whole rows)."""
+    params = inspect.signature(model.forward).parameters
+    if not {"position_ids", "logits_to_keep"} <= set(params) or getattr(model, "config", None) is None:
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Tensor, kw: str) -> _Prefix:
+    from transformers import DynamicCache
+
+    B = len(rows)
+    P = max(r.subj for r in rows)
+    S = max(len(r.ids) - r.subj for r in rows)
+    pre_ids = torch.full((B, P), pad, dtype=torch.long)
+    pre_att = torch.zeros((B, P), dtype=torch.long)
+    ids = torch.full((B, S), pad, dtype=torch.long)
+    att = torch.zeros((B, S), dtype=torch.long)
+    subj = torch.tensor([r.subj for r in rows])
+    for b, r in enumerate(rows):
+        pre_ids[b, :r.subj] = torch.tensor(r.ids[:r.subj], dtype=torch.long)
+        pre_att[b, :r.subj] = 1
+        ids[b, :len(r.ids) - r.subj] = torch.tensor(r.ids[r.subj:])
+        att[b, :len(r.ids) - r.subj] = 1
+    data = None
+    if P:
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            # causal attention alone: a real token sees only the real tokens before it (the pads come after), and
+            # a pad sees something, so no row is all-masked (a fully masked row can give NaN keys)
+            model(input_ids=pre_ids.to(device), attention_mask=torch.ones_like(pre_att).to(device),
+                  position_ids=torch.arange(P)[None].expand(B, P).to(device), use_cache=True, **{kw: cache})
+        data = [tuple(layer) for layer in cache]  # (keys, values, sliding window) per layer
+    pos = subj[:, None] + torch.arange(S)[None]
+    return _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device),
+                   (keep - subj.to(keep.device)[:, None]).clamp_min(0))
+
+
+def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], kl_w: dict[int, float],
+           model: nn.Module | None = None, kw: str | None = None) -> _Chunk:
     ids, att = _pad(rows, pad, device)
     L = max([len(r.ids) - r.start for r in rows if r.kind == "rewrite"] or [1])
     tgt = torch.zeros(len(rows), L, dtype=torch.long)
@@ -120,14 +180,31 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], k
         rows, ids, att,
         rix=torch.tensor([r.req for r in rows], device=device),
         bix=torch.arange(len(rows), device=device),
-        six=torch.tensor([r.subj for r in rows], device=device),
+        six=torch.tensor([0 if kw is not None else r.subj for r in rows], device=device),  # suffix: column 0
         keep=pos.to(device), tgt=tgt.to(device), msk=msk.to(device),
         is_rw=torch.tensor([r.kind == "rewrite" for r in rows], device=device),
         eb=torch.tensor(erows, dtype=torch.long, device=device),
         eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
         ew=torch.tensor([kl_w[id(rows[b])] for b in erows], device=device),
         ekeep=torch.tensor([rows[b].kind == "keep" for b in erows], dtype=torch.bool, device=device),
+        pre=_prefix(model, rows, pad, device, pos.to(device), kw) if kw is not None else None,
     )
+
+
+def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None) -> torch.Tensor:
+    """(B, L, V): the logits at the chunk's keep positions; δ's hook must be on (it finds the subject token at
+    column ``c.six``). With a cached prefix only the suffix block runs, on a fresh cache holding the prefix's
+    keys and values (a cache the step appended to would tie the next step to this step's graph)."""
+    if c.pre is None:
+        return _logits_at(model, c.ids, c.att, c.keep)
+    p = c.pre
+    extra = {}
+    if p.cache is not None:
+        from transformers import DynamicCache
+
+        extra = {kw: DynamicCache(p.cache, config=model.config)}
+    return model(input_ids=p.ids, attention_mask=p.att, position_ids=p.pos, use_cache=bool(extra),
+                 logits_to_keep=p.keep, **extra).logits
 
 
 def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -297,10 +374,15 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     init_norm = torch.zeros(G, device=device).index_add(0, group, init.norm(dim=-1)) / size  # (G,)
     max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
-    def plan(live: list[Row]) -> list[_Chunk]:
-        return [_chunk(c, pad, device, kl_ref, kl_w) for c in _batches(live, hp.batch_prompts)]
+    kw = _cache_kw(model) if hp.prefix_cache else None
 
-    chunks = plan(rows)
+    def plan(live: list[Row]) -> list[_Chunk]:
+        if kw is None:
+            return [_chunk(c, pad, device, kl_ref, kl_w) for c in _batches(live, hp.batch_prompts)]
+        # a step runs each row from its subject token on: similar suffix lengths together, less padding
+        return [_chunk(c, pad, device, kl_ref, kl_w, model, kw)
+                for c in _batches(live, hp.batch_prompts, key=lambda r: (len(r.ids) - r.subj, r.subj))]
+
     delta = torch.zeros(G, init.shape[-1], device=device, requires_grad=True)  # (G, d) one row per subject
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(G, dtype=torch.bool, device=device)
@@ -313,6 +395,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     was_training = model.training
     model.eval()
     try:
+        chunks = plan(rows)
         for it in range(hp.v_steps):
             opt.zero_grad()
             nll_sum = torch.zeros(n, device=device)
@@ -323,7 +406,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                     return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
 
                 with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
-                    logits = _logits_at(model, c.ids, c.att, c.keep)  # (B, L, V)
+                    logits = _chunk_logits(model, c, kw)  # (B, L, V)
                 logp = F.log_softmax(logits.float(), -1)  # (B, L, V)
                 # One indexing op per chunk (a per-row index would build a (B, L, V) gradient per row).
                 picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)

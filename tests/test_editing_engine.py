@@ -18,9 +18,11 @@ from editing.requests import EditRequest, RequestError
 from editing.score import score_targets
 from editing.stats import Corpus, compute_second_moments, second_moments, upstream_hash
 from editing.store import Cache
+from editing import targets as T
+from editing.hooks import Trace
 from editing.targets import _logits_at, optimize_targets
 
-from .tiny_models import tiny_model, tiny_tokenizer
+from .tiny_models import FAMILIES, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.unit
 
@@ -126,6 +128,48 @@ def test_logits_at_chosen_positions_are_the_full_logits_there(family):
             assert torch.allclose(some[b, k], full[b, keep[b, k]], atol=1e-5)
 
 
+@pytest.mark.parametrize("bos", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, tok):
+    """δ is added at the subject's last token, so the positions before it are run once and cached; a step then
+    runs the rest of each row. Its logits are the full forward's, with δ, on every family, with a BOS token or
+    without (rows of different prefix and suffix lengths, padded in one chunk)."""
+    model = tiny_model(family, vocab=VOCAB, init_range=0.2)
+    reqs = REQS + [EditRequest("Japan", "{} is the home of", "Paris", "Japanese", id="r4",
+                               keep_prompts=("The capital of {} is",))]
+    rows = T._rows(tok, reqs, ["{}", "Berlin is in Germany. {}"], H.TargetHparams(essence_prompts=("{} is a",)))
+    if bos:
+        rows = [T.Row([0] + r.ids, r.subj + 1, r.start + 1, r.req, r.kind) for r in rows]
+    assert len({r.subj for r in rows}) > 2 and len({len(r.ids) - r.subj for r in rows}) > 2
+    kl = {id(r): torch.zeros(VOCAB) for r in rows}, {id(r): 1.0 for r in rows}
+    kw = T._cache_kw(model)
+    assert kw is not None
+    full, cached = T._chunk(rows, 0, "cpu", *kl), T._chunk(rows, 0, "cpu", *kl, model, kw)
+    delta = torch.randn(len(rows), model.config.hidden_size)
+    name = next(n for n, _ in model.named_modules() if n.endswith(".1.mlp"))
+    out = []
+    for c, k in ((full, None), (cached, kw), (cached, kw)):  # twice: a step leaves the cache as it was
+        def add(_n, h, c=c):
+            return h.index_put((c.bix, c.six), delta.to(h.dtype), accumulate=True)
+
+        with torch.no_grad(), Trace(model, [name], edit_output=add, retain_output=False):
+            out.append(T._chunk_logits(model, c, k))
+    read = (full.msk > 0) | (torch.arange(full.keep.shape[1]) == 0)  # the positions a step reads
+    assert out[0].abs()[read].max() > 1.0  # logits that the δ and the weights move
+    assert torch.allclose(out[1][read], out[0][read], atol=1e-4)
+    assert torch.equal(out[2], out[1])
+
+
+def test_targets_with_the_cached_prefix_are_those_of_the_whole_rows(tok):
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = H.TargetHparams(v_steps=12, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0)
+    templates = ["{}", "Berlin is in Germany. {}"]
+    a = optimize_targets(model, tok, "transformer.h.1", REQS, templates, hp)
+    b = optimize_targets(model, tok, "transformer.h.1", REQS, templates, dataclasses.replace(hp, prefix_cache=False))
+    assert a.steps == b.steps and a.delta.norm() > 0
+    assert torch.allclose(a.delta, b.delta, atol=1e-4, rtol=1e-3)
+
+
 def test_requests_that_stop_early_leave_the_batch(tok):
     """Requests stopping at different steps: each δ is still its own optimisation's, and a stopped request's
     prompts leave the forward passes, so the batch forwards exactly the rows its requests would alone."""
@@ -134,8 +178,11 @@ def test_requests_that_stop_early_leave_the_batch(tok):
                          early_stop_loss=4.5)
     templates = ["{}", "Berlin is in Germany. {}"]
     rows = [0]
-    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.__setitem__(0, rows[0] + len(kw["input_ids"])),
-                                           with_kwargs=True)
+    def count(_m, _a, kw):  # the rows of the optimisation steps (not the no-grad passes: pass 0, cached prefixes)
+        if torch.is_grad_enabled():
+            rows[0] += len(kw["input_ids"])
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
     together = optimize_targets(model, tok, "transformer.h.1", REQS, templates, hp)
     batched_rows, rows[0] = rows[0], 0
     assert len(set(together.steps)) == 3 and max(together.steps) == hp.v_steps  # [4, 30, 6]
