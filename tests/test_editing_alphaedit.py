@@ -110,6 +110,35 @@ def test_the_edits_a_batch_replaces_leave_the_state_and_no_other(tmp_path):
     assert not torch.allclose(V(r2), V(held))  # the solve no longer holds a's key
 
 
+def test_held_keys_read_under_their_own_templates_leave_exactly_while_each_edit_keeps_its_own(tmp_path):
+    """preserve_templates: the held keys are read under templates sampled once, at the first edit, and kept in
+    the state; a later edit's targets and solve still use its own, and a replaced edit's keys leave exactly."""
+    from editing.arch import spec_for
+    from editing.targets import keys
+
+    tok, model, hp = _tiny_setup(v_steps=5)
+    hp = H.with_changes(hp, preserve_templates=((3, 4),))
+    cache = Cache(tmp_path / "cache")
+    a = EditRequest("France", "The capital of {}", "Warsaw", id="a")
+    b = EditRequest("Poland", "The head of state of {}", "Japanese", id="b")
+    r1 = compute_edit(model, tok, [a, b], hp, cache)
+    held = list(r1.state.templates)
+    assert len(held) == 5 and held[0] == "{}" and held != r1.delta.meta["context_templates"]
+    apply(model, r1.delta)
+    c = EditRequest("France", "The official language of {}", "Berlin", id="c")
+    r2 = compute_edit(model, tok, [c], hp, cache, state=r1.state, released=[a])
+    assert list(r2.state.templates) == held and r2.delta.meta["context_templates"] != held
+
+    def moments(reqs):
+        K = keys(model, tok, spec_for(model).mlp_out_at(1), reqs, held).T.double()
+        return K @ K.T
+
+    scale = float(r1.state.sums[1].norm())
+    assert float((r2.state.sums[1] - (moments([b]) + moments([c]))).norm()) < 1e-6 * scale
+    with pytest.raises(H.HparamsError, match="preserve_templates"):
+        H.with_changes(hp, preserve_templates=((3, 0),))
+
+
 def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_path):
     tok, model, hp = _tiny_setup(v_steps=10)
     cache = Cache(tmp_path / "cache")

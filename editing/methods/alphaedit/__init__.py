@@ -32,6 +32,10 @@ class AlphaEditHparams:
     # What an edit adds to the preserved sums: "mean" -- k kᵀ of each request's key (the mean over the prompts it
     # is read on, the reference's); "prompts" -- the mean of k kᵀ over those prompts (each prompt's key held)
     preserve: str = "mean"
+    # The context templates the held keys are read with: () -- the edit's own (the state's after its first edit);
+    # else ((tokens, count), ...) sampled once from the model at the first edit and kept in the state (a state
+    # made before keeps the templates its keys were read with)
+    preserve_templates: tuple[tuple[int, int], ...] = ()
     batched_targets: bool = True  # optimise all target vectors of a batch together
     # As MEMIT's: a request realised below min_realized gets its target raised (at most max_target_gain in all)
     # and the layers solved again, up to realize_rounds times
@@ -52,6 +56,9 @@ class AlphaEditHparams:
             raise HparamsError(f"'mom2_update_weight': expected a value >= 0, found {self.mom2_update_weight}")
         if self.preserve not in ("mean", "prompts"):
             raise HparamsError(f"'preserve': expected 'mean' or 'prompts', found {self.preserve!r}")
+        if any(len(p) != 2 or min(p) < 1 for p in self.preserve_templates):
+            raise HparamsError(f"'preserve_templates': expected [tokens, count] pairs >= 1, found "
+                               f"{[list(p) for p in self.preserve_templates]}")
         if self.l2 <= 0:
             raise HparamsError(f"'l2': expected a value > 0, found {self.l2}")
         if self.realize_rounds < 0 or self.max_target_gain < 1.0:

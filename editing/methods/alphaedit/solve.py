@@ -27,6 +27,7 @@ import torch
 
 from ... import delta as D
 from ...arch import spec_for
+from ...context import generate_templates
 from ...targets import key_moments, keys
 from ..base import Inputs, Output
 from ..memit import solve as memit
@@ -159,9 +160,14 @@ def projections(x: Inputs) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
 def run(x: Inputs) -> Output:
     hp = x.hp
     state = x.state if x.state is not None else PreservedKeys()
-    if state.templates:  # the templates the preserved keys were read with (PreservedKeys.templates)
-        x = dataclasses.replace(x, templates=list(state.templates))
-    state = withdraw(state, x)
+    if hp.preserve_templates:  # the held keys under their own templates, sampled once
+        held = list(state.templates) or generate_templates(x.model, x.tokenizer, hp.preserve_templates)
+        xp = dataclasses.replace(x, templates=held)
+    else:
+        if state.templates:  # the templates the preserved keys were read with (PreservedKeys.templates)
+            x = dataclasses.replace(x, templates=list(state.templates))
+        xp = x
+    state = withdraw(state, xp)
     Ps, info = projections(x)
     alphas = {layer: hp.l2 * float(torch.trace(x.covs[layer].double())) / x.covs[layer].shape[0]
               for layer in hp.layers}
@@ -178,11 +184,11 @@ def run(x: Inputs) -> Output:
     try:  # the edited keys as the edited model computes them: what later edits must preserve
         sums = {}
         for layer in hp.layers:
-            kk = edited_moments(x, layer, x.requests)
+            kk = edited_moments(xp, layer, x.requests)
             sums[layer] = state.at(layer, kk.shape[0]) + kk
     finally:
         applied.revert()
-    out_state = PreservedKeys(sums, state.count + len(x.requests), tuple(x.templates))
+    out_state = PreservedKeys(sums, state.count + len(x.requests), tuple(xp.templates))
     details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
                "realize_rounds": tm.realize_rounds, "nullspace": info, "preserved_keys": out_state.count,
                "context_templates": list(x.templates)}
