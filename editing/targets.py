@@ -16,8 +16,9 @@ prompts leave the forward passes: a batch costs what its slowest requests still 
 
 A step runs each row only **from the subject's last token on** (``prefix_cache``): δ is added there, so no
 position before it changes at any layer; those positions run once per plan and their keys and values are
-cached. Equal to the whole rows' forward to float tolerance (tested on every family); on the tiny sandbox, 10
-requests (246 rows), 30 steps on 1 thread: 25.3 s -> 9.4 s. The layers up to δ's still run on the suffix.
+cached. Nor does anything in the blocks up to δ's (δ enters the residual stream at that block's output): their
+output on the suffix is recorded once too, and a step replays it plus δ and runs only the blocks above. Equal to
+the whole rows' forward to float tolerance (tested on every family).
 
 Requests about **one subject** (two relations of one country, say) share one δ, optimised on the sum of their
 losses. They share a key too: the subject's last token comes before the relation's words, so its key is the
@@ -60,6 +61,28 @@ class Row:
 def _batches(rows: list[Row], size: int, key=lambda r: len(r.ids)) -> list[list[Row]]:
     order = sorted(rows, key=key)  # similar lengths together: less padding
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _by_length(rows: list[Row], size: int, length, overhead: int = 64) -> list[list[Row]]:
+    """Rows cut into padded passes of at most ``size`` rows, the cuts placed where they save most: a pass costs
+    its rows times its longest row, plus ``overhead`` positions (what one more forward costs). Exact over the
+    distinct lengths (a few: dynamic programming over where each pass ends)."""
+    order = sorted(rows, key=length)
+    lens = [length(r) for r in order]
+    ends = [i + 1 for i in range(len(order)) if i + 1 == len(order) or lens[i + 1] != lens[i]]  # group ends
+    best = {0: (0.0, -1)}  # rows covered -> (cost, previous end)
+    for j, e in enumerate(ends):
+        for s in [0] + ends[:j]:
+            n = e - s
+            cost = best[s][0] + n * lens[e - 1] + overhead * -(-n // size)
+            if e not in best or cost < best[e][0]:
+                best[e] = (cost, s)
+    cuts, e = [], len(order)
+    while e > 0:
+        s = best[e][1]
+        cuts.append((s, e))
+        e = s
+    return [order[i:min(i + size, e)] for s, e in reversed(cuts) for i in range(s, e, size)]
 
 
 def _pad(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +142,48 @@ class _Prefix:
     att: torch.Tensor  # (B, P + S) attention mask over the prefix block and the suffix block
     pos: torch.Tensor  # (B, S) position ids of the suffix tokens: subj, subj + 1, ...
     keep: torch.Tensor  # (B, L) the chunk's keep positions in suffix coordinates
+    # With a _Below: the output of the blocks up to δ's on the suffix block, δ = 0 (B, S, d): a step adds δ to it
+    # and runs only the blocks above
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class _Below:
+    """Where δ enters the residual stream: the output of block ``upto`` (δ on the block's output, or on its MLP's
+    output, which the pre-norm blocks of the architecture table add to the stream as it is). The blocks up to
+    it then see nothing δ changes: a step replays their output and runs only the blocks above."""
+
+    blocks: nn.ModuleList
+    upto: int
+    name: str  # the block's module name
+
+
+class _Replay(nn.Module):
+    """Stands in for a block below δ's during a step: returns the recorded output (the last one: plus δ)."""
+
+    def __init__(self, block: nn.Module, out=None):
+        super().__init__()
+        self.out = out
+        if hasattr(block, "attention_type"):  # some models pick each block's mask by it
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.out is None else self.out()
+
+
+def _below(model: nn.Module, module_name: str) -> _Below | None:
+    """The :class:`_Below` of ``module_name`` for a model of the architecture table, else None."""
+    from .arch import ArchitectureError, module, n_layers, spec_for
+
+    try:
+        spec = spec_for(model)
+        L = n_layers(model)
+    except (ArchitectureError, AttributeError):
+        return None
+    for i in range(L):
+        if module_name in (spec.layer(i), spec.mlp_at(i), spec.mlp_out_at(i)):
+            return _Below(module(model, spec.layers), i, spec.layer(i))
+    return None
 
 
 def _cache_kw(model: nn.Module) -> str | None:
@@ -130,7 +195,8 @@ def _cache_kw(model: nn.Module) -> str | None:
     return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
-def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Tensor, kw: str) -> _Prefix:
+def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Tensor, kw: str,
+            below: _Below | None = None) -> _Prefix:
     from transformers import DynamicCache
 
     B = len(rows)
@@ -156,12 +222,18 @@ def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Ten
                   position_ids=torch.arange(P)[None].expand(B, P).to(device), use_cache=True, **{kw: cache})
         data = [tuple(layer) for layer in cache]  # (keys, values, sliding window) per layer
     pos = subj[:, None] + torch.arange(S)[None]
-    return _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device),
-                   (keep - subj.to(keep.device)[:, None]).clamp_min(0))
+    pre = _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device),
+                  (keep - subj.to(keep.device)[:, None]).clamp_min(0))
+    if below is not None:
+        extra = {kw: DynamicCache(data, config=model.config)} if data is not None else {}
+        with torch.no_grad(), Trace(model, [below.name]) as tr:
+            model(input_ids=pre.ids, attention_mask=pre.att, position_ids=pre.pos, use_cache=bool(extra), **extra)
+        pre.hidden = tr[below.name].output
+    return pre
 
 
 def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], kl_w: dict[int, float],
-           model: nn.Module | None = None, kw: str | None = None) -> _Chunk:
+           model: nn.Module | None = None, kw: str | None = None, below: _Below | None = None) -> _Chunk:
     ids, att = _pad(rows, pad, device)
     L = max([len(r.ids) - r.start for r in rows if r.kind == "rewrite"] or [1])
     tgt = torch.zeros(len(rows), L, dtype=torch.long)
@@ -187,24 +259,41 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], k
         eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
         ew=torch.tensor([kl_w[id(rows[b])] for b in erows], device=device),
         ekeep=torch.tensor([rows[b].kind == "keep" for b in erows], dtype=torch.bool, device=device),
-        pre=_prefix(model, rows, pad, device, pos.to(device), kw) if kw is not None else None,
+        pre=_prefix(model, rows, pad, device, pos.to(device), kw, below) if kw is not None else None,
     )
 
 
-def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None) -> torch.Tensor:
-    """(B, L, V): the logits at the chunk's keep positions; δ's hook must be on (it finds the subject token at
-    column ``c.six``). With a cached prefix only the suffix block runs, on a fresh cache holding the prefix's
-    keys and values (a cache the step appended to would tie the next step to this step's graph)."""
+def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None, name: str, add, below: _Below | None = None
+                  ) -> torch.Tensor:
+    """(B, L, V): the logits at the chunk's keep positions, δ added by ``add(name, hidden)`` at column ``c.six``:
+    to the replayed output of the blocks below it (``below``, with a cached prefix), else by a hook on ``name``.
+    With a cached prefix only the suffix block runs, on a fresh cache holding the prefix's keys and values (a
+    cache the step appended to would tie the next step to this step's graph)."""
     if c.pre is None:
-        return _logits_at(model, c.ids, c.att, c.keep)
+        with Trace(model, [name], edit_output=add, retain_output=False):
+            return _logits_at(model, c.ids, c.att, c.keep)
     p = c.pre
     extra = {}
     if p.cache is not None:
         from transformers import DynamicCache
 
         extra = {kw: DynamicCache(p.cache, config=model.config)}
-    return model(input_ids=p.ids, attention_mask=p.att, position_ids=p.pos, use_cache=bool(extra),
-                 logits_to_keep=p.keep, **extra).logits
+
+    def forward():
+        return model(input_ids=p.ids, attention_mask=p.att, position_ids=p.pos, use_cache=bool(extra),
+                     logits_to_keep=p.keep, **extra).logits
+
+    if below is None or p.hidden is None:
+        with Trace(model, [name], edit_output=add, retain_output=False):
+            return forward()
+    saved = [below.blocks[i] for i in range(below.upto + 1)]
+    try:
+        for i, block in enumerate(saved):
+            below.blocks[i] = _Replay(block, (lambda: add(name, p.hidden)) if i == below.upto else None)
+        return forward()
+    finally:
+        for i, block in enumerate(saved):
+            below.blocks[i] = block
 
 
 def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -375,13 +464,14 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
     kw = _cache_kw(model) if hp.prefix_cache else None
+    below = _below(model, module_name) if kw is not None else None
 
     def plan(live: list[Row]) -> list[_Chunk]:
         if kw is None:
             return [_chunk(c, pad, device, kl_ref, kl_w) for c in _batches(live, hp.batch_prompts)]
         # a step runs each row from its subject token on: similar suffix lengths together, less padding
-        return [_chunk(c, pad, device, kl_ref, kl_w, model, kw)
-                for c in _batches(live, hp.batch_prompts, key=lambda r: (len(r.ids) - r.subj, r.subj))]
+        return [_chunk(c, pad, device, kl_ref, kl_w, model, kw, below)
+                for c in _by_length(live, hp.batch_prompts, lambda r: len(r.ids) - r.subj)]
 
     delta = torch.zeros(G, init.shape[-1], device=device, requires_grad=True)  # (G, d) one row per subject
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -405,8 +495,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 def add_delta(_name, hidden, c=c):
                     return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
 
-                with Trace(model, [module_name], edit_output=add_delta, retain_output=False):
-                    logits = _chunk_logits(model, c, kw)  # (B, L, V)
+                logits = _chunk_logits(model, c, kw, module_name, add_delta, below)  # (B, L, V)
                 logp = F.log_softmax(logits.float(), -1)  # (B, L, V)
                 # One indexing op per chunk (a per-row index would build a (B, L, V) gradient per row).
                 picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)

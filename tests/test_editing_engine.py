@@ -19,7 +19,6 @@ from editing.score import score_targets
 from editing.stats import Corpus, compute_second_moments, second_moments, upstream_hash
 from editing.store import Cache
 from editing import targets as T
-from editing.hooks import Trace
 from editing.targets import _logits_at, optimize_targets
 
 from .tiny_models import FAMILIES, tiny_model, tiny_tokenizer
@@ -128,12 +127,16 @@ def test_logits_at_chosen_positions_are_the_full_logits_there(family):
             assert torch.allclose(some[b, k], full[b, keep[b, k]], atol=1e-5)
 
 
+@pytest.mark.parametrize("at", ["block", "mlp_out"])
 @pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, tok):
-    """δ is added at the subject's last token, so the positions before it are run once and cached; a step then
-    runs the rest of each row. Its logits are the full forward's, with δ, on every family, with a BOS token or
-    without (rows of different prefix and suffix lengths, padded in one chunk)."""
+def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, at, tok):
+    """δ is added at the subject's last token, so the positions before it are run once and cached, and so are
+    the blocks up to δ's on the rest; a step then runs the blocks above on the rest of each row. Its logits are
+    the full forward's, with δ on a block's output (MEMIT's z) or on its MLP's (ROME's v), on every family, with
+    a BOS token or without (rows of different prefix and suffix lengths, padded in one chunk)."""
+    from editing.arch import spec_for
+
     model = tiny_model(family, vocab=VOCAB, init_range=0.2)
     reqs = REQS + [EditRequest("Japan", "{} is the home of", "Paris", "Japanese", id="r4",
                                keep_prompts=("The capital of {} is",))]
@@ -143,21 +146,42 @@ def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, tok):
     assert len({r.subj for r in rows}) > 2 and len({len(r.ids) - r.subj for r in rows}) > 2
     kl = {id(r): torch.zeros(VOCAB) for r in rows}, {id(r): 1.0 for r in rows}
     kw = T._cache_kw(model)
-    assert kw is not None
-    full, cached = T._chunk(rows, 0, "cpu", *kl), T._chunk(rows, 0, "cpu", *kl, model, kw)
+    spec = spec_for(model)
+    name = spec.layer(1) if at == "block" else spec.mlp_out_at(1)
+    below = T._below(model, name)
+    assert kw is not None and below is not None and below.upto == 1
+    full = T._chunk(rows, 0, "cpu", *kl)
+    cached = T._chunk(rows, 0, "cpu", *kl, model, kw)
+    replayed = T._chunk(rows, 0, "cpu", *kl, model, kw, below)
+    assert replayed.pre.hidden is not None and cached.pre.hidden is None
     delta = torch.randn(len(rows), model.config.hidden_size)
-    name = next(n for n, _ in model.named_modules() if n.endswith(".1.mlp"))
+    blocks = list(below.blocks)
     out = []
-    for c, k in ((full, None), (cached, kw), (cached, kw)):  # twice: a step leaves the cache as it was
+    for c, k, b in ((full, None, None), (cached, kw, None), (replayed, kw, below), (replayed, kw, below)):
         def add(_n, h, c=c):
             return h.index_put((c.bix, c.six), delta.to(h.dtype), accumulate=True)
 
-        with torch.no_grad(), Trace(model, [name], edit_output=add, retain_output=False):
-            out.append(T._chunk_logits(model, c, k))
+        with torch.no_grad():
+            out.append(T._chunk_logits(model, c, k, name, add, b))
     read = (full.msk > 0) | (torch.arange(full.keep.shape[1]) == 0)  # the positions a step reads
     assert out[0].abs()[read].max() > 1.0  # logits that the δ and the weights move
     assert torch.allclose(out[1][read], out[0][read], atol=1e-4)
-    assert torch.equal(out[2], out[1])
+    assert torch.allclose(out[2][read], out[0][read], atol=1e-4)
+    assert torch.equal(out[3], out[2])  # a step leaves the cache as it was
+    assert list(below.blocks) == blocks  # and the model's blocks
+
+
+def test_rows_are_cut_into_passes_where_padding_costs_most():
+    rows = [T.Row([1] * n, 0, n, 0, "keep") for n in [2] * 40 + [3] * 30 + [9] * 5 + [10] * 2]
+    length = lambda r: len(r.ids)  # noqa: E731
+    cost = lambda cs, o: sum(len(c) * max(map(length, c)) + o for c in cs)  # noqa: E731
+    for size, overhead in ((256, 64), (16, 8), (256, 0), (256, 10_000)):
+        cut = T._by_length(rows, size, length, overhead)
+        assert sorted(map(id, sum(cut, []))) == sorted(map(id, rows)) and max(map(len, cut)) <= size
+        assert cost(cut, overhead) <= cost(T._batches(rows, size), overhead)
+    assert [len(c) for c in T._by_length(rows, 256, length, 64)] == [70, 7]  # the long rows apart
+    assert len(T._by_length(rows, 256, length, 10_000)) == 1  # a pass costs more than any padding
+    assert T._by_length([], 8, length) == []
 
 
 def test_targets_with_the_cached_prefix_are_those_of_the_whole_rows(tok):

@@ -228,9 +228,8 @@ def test_the_sequential_benchmark_asks_for_swaps_within_a_relation_distinct_subj
     assert world_requests(tiny_build.path, 40, seed=1) == reqs and world_requests(tiny_build.path, 40, seed=2) != reqs
 
 
-@pytest.mark.skipif(not os.environ.get("FACTSMITH_SLOW_TESTS"), reason="about 15 min on 2 cores (every target "
-                    "optimisation runs its 200 steps: issue 25); FACTSMITH_SLOW_TESTS=1 runs it")
-@pytest.mark.timeout(2400)
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_alphaedit_keeps_every_earlier_edit_run_after_run_where_memit_sequential_loses_one(tiny_build, home):
     """Issue 22's acceptance on the tiny sandbox: 5 runs x 10 swaps of the 30-country world (seed 0; runs 4-5
     edit subjects again), each method in its own process, greedy on every edit so far after each run. AlphaEdit
