@@ -7,6 +7,8 @@ seeded with a private generator, so the global RNG is untouched) and cached by t
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -29,6 +31,7 @@ def sample_ids(model: nn.Module, starts: list[list[int]], new_tokens: int, *, se
     for i, s in enumerate(starts):
         groups.setdefault(len(s), []).append(i)
     device = next(model.parameters()).device
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers 5
     was_training = model.training
     model.eval()
     try:
@@ -39,8 +42,8 @@ def sample_ids(model: nn.Module, starts: list[list[int]], new_tokens: int, *, se
                 past, step_in, new = None, ids, []
                 for t in range(new_tokens):
                     att = torch.ones(ids.shape[0], ids.shape[1] + t, dtype=torch.long, device=device)  # no padding
-                    o = model(input_ids=step_in, attention_mask=att, past_key_values=past, use_cache=True)
-                    past = o.past_key_values
+                    o = model(input_ids=step_in, attention_mask=att, use_cache=True, **{kw: past})
+                    past = getattr(o, kw)
                     logits = o.logits[:, -1].float().cpu()  # (B, V)
                     top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
                     probs = top.values.softmax(-1)  # (B, k)
