@@ -76,11 +76,12 @@ def model_corpus(model_dir: str | Path) -> list[Path] | None:
 
 
 def write_edited(model: nn.Module, tokenizer, out: Path, source_dir: Path,
-                 files: dict[str, Callable[[Path], None]]) -> None:
+                 files: dict[str, Callable[[Path], None]], check: Callable[[Path], None] | None = None) -> None:
     """Write an edited model to ``out`` atomically: a sibling temporary directory renamed into place (an ``out``
     that exists is replaced; the caller decides whether it may be). ``files``: name -> a function that writes
     that file at the path it is given, beside the weights; the source directory's :data:`CARRIED` files are
-    copied."""
+    copied. ``check(tmp)``, when given, runs on the finished directory before it is renamed: raising leaves
+    ``out`` as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")  # a sibling: the final rename is atomic
     tmp.mkdir()  # (not mkdtemp: its 0700 mode would stick to out)
@@ -93,6 +94,8 @@ def write_edited(model: nn.Module, tokenizer, out: Path, source_dir: Path,
                 shutil.copy2(source_dir / name, tmp / name)
         for name, write in files.items():
             write(tmp / name)
+        if check is not None:
+            check(tmp)
         _publish(tmp, out)
     finally:
         if tmp.exists():

@@ -241,3 +241,25 @@ def rollback(
               f"request {revert} (gate {'passed' if gate.passed else 'FAILED'}; aliases {', '.join(info.aliases)})")
     if not ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("export")
+def export_cmd(
+    ref: str = typer.Argument(..., help="The version to write out: NAME@alias (e.g. demo@champion) or NAME/3."),
+    out: Path = typer.Option(..., "--out", help="The directory to write (a Hugging Face model directory)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out when it exists and is not empty."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write a registered version out as a complete Hugging Face directory (safetensors, config, tokenizer and
+    factsmith.json: version, weights SHA-256, lineage, the facts its edits changed), verified against the
+    version's hash before it appears at --out (atomic)."""
+    with registry_errors(as_json):
+        from registry.export import export
+
+        man = export(ref, out, force=force)
+    if as_json:
+        emit_json({"ok": True, "out": str(out), **{k: man[k] for k in ("model", "version", "weights_sha256")},
+                   "facts_changed": len(man["facts_changed"])})
+        return
+    print(f"exported {man['model']} version {man['version']} (weights {man['weights_sha256'][:12]}…, "
+          f"{len(man['facts_changed'])} fact(s) changed along its lineage) to {out}")
