@@ -3,11 +3,15 @@ directory, verified against the version's hash, atomically."""
 
 from __future__ import annotations
 
+import copy
+import os
 import json
+import time
 
 import pytest
 import torch
 
+from .test_flows import registry_home  # noqa: F401,F811 (a fixture, used by name)
 from .test_registry import _env, gate_dir, make_edit, request, same_weights, save_base
 
 pytestmark = pytest.mark.integration
@@ -18,6 +22,7 @@ NAME = "served"
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory):
     """base (v1, champion) and one edit (v2) that changed two facts."""
+    from editing.delta import Delta, LayerDelta, apply
     from registry import versions as V
     from registry.store import open_store
     from registry.weights import load_hf
@@ -30,6 +35,10 @@ def reg(tmp_path_factory):
         v1, _ = V.init(base_dir, NAME, store=store)
         base, tok = load_hf(base_dir)
         m2, d2 = make_edit(base, 1, seed=1)
+        # an edit large enough that greedy decoding of the random model changes (the server's answers must)
+        d2 = Delta({k: LayerDelta(v.U * 300, v.V) for k, v in d2.layers.items()}, d2.meta)
+        m2 = copy.deepcopy(base)
+        apply(m2, d2)
         reqs = [request("r-pl", "Poland", "Nawrocki", "Duda"), request("r-fr", "France", "Bardella", "Macron", by="bob")]
         v2 = V.register(NAME, 1, m2, d2, requests=reqs, reports_dir=gate_dir(root / "gate2", True, 1.0),
                         edit_json={"format": "factsmith.edit/1", "method": "memit"}, store=store)
@@ -117,3 +126,149 @@ def test_cli_export(reg, tmp_path):
 
     written = load_file(tmp_path / "x" / "model.safetensors")
     assert torch.equal(written["transformer.h.1.mlp.c_proj.weight"], reg["m2"].state_dict()["transformer.h.1.mlp.c_proj.weight"])
+
+
+def _greedy(model, tok, prompt: str, n: int) -> str:
+    """Greedy decoding the plain way (the whole sequence every step, no cache), up to the end-of-text token."""
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    return tok.decode(new)
+
+
+def test_the_server_answers_with_the_champion_follows_it_and_guards_reload(reg, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from flows.serving import ADMIN_TOKEN_ENV, ModelServer, create_app
+    from registry import versions as V
+
+    st = reg["store"]
+    prompt = "The head of state of Poland is"
+    want = {1: _greedy(reg["base"], reg["tok"], prompt, 8), 2: _greedy(reg["m2"], reg["tok"], prompt, 8)}
+    assert want[1] != want[2]
+    server = ModelServer(f"{NAME}@champion", st, poll_s=0.2)
+    with TestClient(create_app(server, admin_token="s3cret")) as client:
+        h = client.get("/health").json()
+        assert (h["model"], h["version"], h["weights_sha256"]) == (NAME, 1, reg["v1"].weights_sha256)
+        assert client.get("/v1/models").json()["data"][0]["id"] == NAME
+        r = client.post("/v1/completions", json={"model": NAME, "prompt": [prompt, prompt], "max_tokens": 8})
+        body = r.json()
+        assert r.status_code == 200 and body["version"] == 1 and [c["text"] for c in body["choices"]] == [want[1]] * 2
+        assert body["choices"][0]["finish_reason"] in ("length", "stop") and body["usage"]["completion_tokens"] > 0
+        stop = want[1][len(want[1]) // 2:][:2]
+        cut = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8, "stop": stop}).json()
+        assert cut["choices"][0]["text"] == want[1][:want[1].index(stop)] and cut["choices"][0]["finish_reason"] == "stop"
+        for bad, param in (({"prompt": prompt, "temperature": 0.7}, "temperature"), ({"prompt": ""}, "prompt"),
+                           ({"prompt": prompt, "max_tokens": 0}, "max_tokens"), ({"prompt": prompt, "stop": [1]}, "stop")):
+            r = client.post("/v1/completions", json=bad)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param
+        assert client.post("/v1/completions", json={"model": "other", "prompt": prompt}).status_code == 404
+
+        V.promote(NAME, 2, store=st)  # the champion moves: the server follows within a few polls
+        try:
+            deadline = time.time() + 20
+            while client.get("/health").json()["version"] != 2 and time.time() < deadline:
+                time.sleep(0.1)
+            assert client.get("/health").json()["version"] == 2
+            body = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 8}).json()
+            assert body["version"] == 2 and body["choices"][0]["text"] == want[2]
+
+            assert client.post("/admin/reload").status_code == 401
+            assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            V.promote(NAME, 1, store=st)
+            server.poll_s = 3600  # no polling: only the reload moves it now
+            r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+            assert r.status_code == 200 and r.json()["version"] == 1
+        finally:
+            V.promote(NAME, 1, store=st)
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    with TestClient(create_app(ModelServer(f"{NAME}@champion", st, poll_s=60))) as client:
+        r = client.post("/admin/reload", headers={"Authorization": "Bearer "})
+        assert r.status_code == 403 and ADMIN_TOKEN_ENV in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_a_served_model_switches_to_the_promoted_version_without_a_failed_request(registry_home, tiny_build,
+                                                                                   monkeypatch):
+    """``factsmith serve-model tiny@champion`` in its own process; a client sends completions without pause while
+    ``factsmith run --promote`` edits a capital and promotes the new version. The server switches within 10 s
+    of the promotion, no request fails, and every answer is its version's greedy answer."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.serving import complete, load
+
+    from .test_flows import REPO, _capitals, _write
+
+    h, store = registry_home
+    monkeypatch.setenv("PREFECT_HOME", str(h / "prefect"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-model", "tiny@champion", "--port", str(port),
+                             "--poll", "0.5"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    req = _capitals(tiny_build, 3, 1)[0]
+    prompt = req["prompt"].replace("{}", req["subject"])
+    log: list[tuple[float, int | None, str | None, str | None]] = []  # (time, version, text, error)
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6})
+                    r.raise_for_status()
+                    b = r.json()
+                    log.append((time.time(), b["version"], b["choices"][0]["text"], None))
+                except Exception as e:  # noqa: BLE001 -- every failure is counted
+                    log.append((time.time(), None, None, f"{type(e).__name__}: {e}"))
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).json()["version"] == 1:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.5)
+        loop = threading.Thread(target=client)
+        loop.start()
+        _write(h / "inbox" / "a.jsonl", [req])
+        r = CliRunner().invoke(app, ["run", "--inbox", str(h / "inbox"), "--promote", "--json"])
+        promoted_at = time.time()
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["promoted"]
+        while time.time() < promoted_at + 10 and not any(v == 2 for _, v, _, _ in log):
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few answers from the new version
+        stop.set()
+        loop.join(timeout=60)
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=30)
+    errors = [e for _, _, _, e in log if e]
+    assert errors == [] and len(log) > 10
+    first_v2 = min(t for t, v, _, _ in log if v == 2)
+    assert first_v2 - promoted_at < 10
+    want = {v: complete(load(f"tiny/{v}", store), prompt, 6, [])[0] for v in (1, 2)}
+    assert want[1].strip().startswith(req["target_true"]) and want[2].strip().startswith(req["target_new"])
+    assert {v for _, v, _, _ in log} == {1, 2} and all(text == want[v] for _, v, text, _ in log)
+    assert all(v == 2 for t, v, _, _ in log if t > first_v2)  # no going back

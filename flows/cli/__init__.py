@@ -5,7 +5,9 @@
 * :mod:`~flows.cli.intake_cmd`: ``validate``, ``gate``;
 * :mod:`~flows.cli.registry_cmd`: ``registry init | register``, ``versions``, ``promote``, ``audit``, ``diff``,
   ``rollback``;
-* :mod:`~flows.cli.run_cmd`: ``run``, ``serve``, ``demo``.
+* :mod:`~flows.cli.registry_cmd`: also ``export``;
+* :mod:`~flows.cli.run_cmd`: ``run``, ``serve``, ``demo``;
+* :mod:`~flows.cli.serve_cmd`: ``serve-model``.
 
 The commands hold no logic another entry point needs: that lives in the packages below (editing, validation,
 registry, sandbox, flows.pipeline). Heavy libraries (torch, Prefect, MLflow, Great Expectations) are imported
@@ -18,7 +20,7 @@ from __future__ import annotations
 from .app import app
 
 # importing a command module registers its commands, in this order in --help
-from . import sandbox_cmd, edit_cmd, intake_cmd, run_cmd, registry_cmd  # noqa: E402,F401,I001
+from . import sandbox_cmd, edit_cmd, intake_cmd, run_cmd, registry_cmd, serve_cmd  # noqa: E402,F401,I001
 
 
 def main() -> None:
