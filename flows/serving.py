@@ -13,7 +13,6 @@ variable is unset or the token differs).
 from __future__ import annotations
 
 import hmac
-import inspect
 import logging
 import os
 import threading
@@ -22,7 +21,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from fastapi import Request  # at module level: the endpoints' annotations are resolved in this module's globals
 
 log = logging.getLogger(__name__)
@@ -58,35 +56,11 @@ def load(ref: str, store=None) -> Loaded:
 
 
 def complete(m: Loaded, prompt: str, max_tokens: int, stop: list[str]) -> tuple[str, str, int, int]:
-    """Greedy continuation of ``prompt``: (text, finish_reason, prompt tokens, completion tokens). The text
-    ends before the first ``stop`` string ("stop"), at the end-of-text token ("stop") or after ``max_tokens``
-    tokens ("length")."""
-    tok, model = m.tokenizer, m.model
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    n = min(max_tokens, max(0, limit - ids.shape[1])) if limit else max_tokens
-    eos = tok.eos_token_id
-    new: list[int] = []
-    reason = "length"
-    with torch.no_grad(), m.lock:
-        kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        past, step = None, ids
-        for _ in range(n):
-            out = model(input_ids=step, use_cache=True, **{kw: past})
-            past = getattr(out, kw)
-            nxt = int(out.logits[0, -1].argmax())
-            if eos is not None and nxt == eos:
-                reason = "stop"
-                break
-            new.append(nxt)
-            step = torch.tensor([[nxt]])
-            if stop and any(s in tok.decode(new) for s in stop):
-                break
-    text = tok.decode(new)
-    cut = min((text.index(s) for s in stop if s in text), default=None)
-    if cut is not None:
-        text, reason = text[:cut], "stop"
-    return text, reason, int(ids.shape[1]), len(new)
+    """:func:`editing.generate.greedy_complete` on a loaded version, one generation at a time."""
+    from editing.generate import greedy_complete
+
+    with m.lock:
+        return greedy_complete(m.model, m.tokenizer, prompt, max_tokens, stop)
 
 
 class ModelServer:

@@ -52,6 +52,7 @@ from .lineage import (VersionInfo, facts_in, fact_key, info_of, ledger_request, 
                       newest_version, promotable, rebuild, resolve)
 from .commit import (append_records, check_ledger, create_checked, finishing, provenance, sha256_json,
                      start_run, withdraw_unrecorded)
+from .pyfunc import stage_pyfunc
 from .refs import check_name
 from .store import Store, aliases, all_versions, get_version, open_store
 
@@ -110,8 +111,9 @@ def init(model_dir: str | Path, name: str, store: Store | None = None) -> tuple[
         prov = provenance()
         run = start_run(c, st, name, f"{name} v1 (base)", {"factsmith.kind": "base", **prov})
         with finishing(c, run), tempfile.TemporaryDirectory(prefix="factsmith-init-") as tmp:
-            stage_model_dir(d, Path(tmp))
-            c.log_artifacts(run.info.run_id, tmp, "model")
+            stage_model_dir(d, Path(tmp) / "model")
+            stage_pyfunc(Path(tmp), name, sha)
+            c.log_artifacts(run.info.run_id, tmp)
             tags = {"kind": "base", "storage": "full", "weights_sha256": sha, "base_weights_sha256": sha,
                     "gate_passed": "n/a", "n_requests": "0", "source_dir": str(d.resolve()), **prov}
             mv = create_checked(c, st, name, 0, run, tags, run.info.artifact_uri, "init")
@@ -336,6 +338,7 @@ def _stage(c, st: Store, name: str, parent_version: int, sub: _Submission, chang
         (stage / "requests.jsonl").write_text(
             "".join(json.dumps(_request_json(r), ensure_ascii=False, default=str) + "\n" for r in sub.requests),
             encoding="utf-8")
+        stage_pyfunc(stage, name, sha)
         run = start_run(c, st, name, f"{name} from v{parent_version}",
                         {"factsmith.kind": "edit", "factsmith.parent_version": str(parent_version),
                          "factsmith.method": sub.method or "", "factsmith.gate_passed": tags["gate_passed"]})
@@ -432,6 +435,7 @@ def rollback_to(name: str, version: int, *, promote_now: bool = False, reason: s
     with tempfile.TemporaryDirectory(prefix="factsmith-rollback-") as tmp:
         (Path(tmp) / "rollback.json").write_text(json.dumps(
             {"to": version, "from_newest": newest, "reason": reason, "requested_by": requested_by}) + "\n")
+        stage_pyfunc(Path(tmp), name, target.weights_sha256)
         c.log_artifacts(run.info.run_id, tmp)
     tags = {"kind": "rollback", "storage": "parent", "parent_version": str(version), "rollback_from": str(newest),
             "weights_sha256": target.weights_sha256,

@@ -7,6 +7,7 @@ import copy
 import os
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,9 +206,7 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
     import threading
 
     import httpx
-    from typer.testing import CliRunner
 
-    from flows.cli import app
     from flows.serving import complete, load
 
     from .test_flows import REPO, _capitals, _write
@@ -251,10 +250,12 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
         loop = threading.Thread(target=client)
         loop.start()
         _write(h / "inbox" / "a.jsonl", [req])
-        r = CliRunner().invoke(app, ["run", "--inbox", str(h / "inbox"), "--promote", "--json"])
+        run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--inbox", str(h / "inbox"), "--promote",
+                              "--json"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+                             capture_output=True, text=True, timeout=600)
         promoted_at = time.time()
-        assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["promoted"]
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1])["promoted"]
         while time.time() < promoted_at + 10 and not any(v == 2 for _, v, _, _ in log):
             time.sleep(0.1)
         time.sleep(1.0)  # a few answers from the new version
@@ -272,3 +273,57 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
     assert want[1].strip().startswith(req["target_true"]) and want[2].strip().startswith(req["target_new"])
     assert {v for _, v, _, _ in log} == {1, 2} and all(text == want[v] for _, v, text, _ in log)
     assert all(v == 2 for t, v, _, _ in log if t > first_v2)  # no going back
+
+
+def test_every_version_loads_as_an_mlflow_pyfunc_from_code_and_mlflow_serves_it(reg):
+    """No pickle: the MLmodel names the model code and the weights' hash; the weights come from the registry."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import mlflow.pyfunc
+    import yaml
+
+    from registry.lineage import artifacts_dir
+
+    st = reg["store"]
+    prompt = "The head of state of Poland is"
+    want = {1: _greedy(reg["base"], reg["tok"], prompt, 8), 2: _greedy(reg["m2"], reg["tok"], prompt, 8)}
+    for v in (1, 2):
+        folder = artifacts_dir(st.client(), st, reg[f"v{v}"])
+        flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        assert flavor["config"] == {"name": NAME, "weights_sha256": reg[f"v{v}"].weights_sha256}
+        assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+        m = mlflow.pyfunc.load_model(f"models:/{NAME}/{v}")
+        assert m.predict([prompt, prompt], params={"max_tokens": 8}) == [want[v]] * 2
+    assert mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict([prompt], params={"max_tokens": 8}) == [want[1]]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            # mlflow runs 'uvicorn' from PATH: the environment's, as in an activated venv
+                            env={**os.environ, "OMP_NUM_THREADS": "1",
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [prompt], "params": {"max_tokens": 8}},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == [want[1]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
