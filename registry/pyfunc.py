@@ -21,7 +21,10 @@ def stage_pyfunc(root: Path, name: str, weights_sha256: str) -> None:
         out = Path(tmp) / "m"
         mlflow.pyfunc.save_model(str(out), python_model=str(CODE), pip_requirements=[], signature=signature,
                                  model_config={"name": name, "weights_sha256": weights_sha256})
-        for p in out.iterdir():
+        for p in out.iterdir():  # copied (a temporary directory may be on another file system)
             if (root / p.name).exists():
                 raise FileExistsError(f"{root / p.name}: the pyfunc's file would replace a version file")
-            shutil.move(str(p), root / p.name)
+            if p.is_dir():
+                shutil.copytree(p, root / p.name)
+            else:
+                shutil.copy2(p, root / p.name)
