@@ -110,7 +110,8 @@ def publish(options: pipeline.RunOptions, outcome: pipeline.Outcome) -> None:
 def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHOD, policy: str = "latest-wins",
                 promote: bool = False, bisect: bool = True, hparams_file: str | None = None,
                 gate_policy_file: str | None = None, protected_file: str | None = None,
-                requested_by: str | None = None, keep_unknown_fields: bool = False) -> dict[str, Any]:
+                requested_by: str | None = None, keep_unknown_fields: bool = False,
+                hooks_file: str | None = None) -> dict[str, Any]:
     """Apply an inbox of fact-change requests to a registered model; returns :meth:`Outcome.to_json`."""
     from prefect.runtime import flow_run
 
@@ -122,7 +123,8 @@ def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHO
                            hparams_file=Path(hparams_file) if hparams_file else None,
                            gate_policy_file=Path(gate_policy_file) if gate_policy_file else None,
                            protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by,
-                           keep_unknown_fields=keep_unknown_fields)
+                           keep_unknown_fields=keep_unknown_fields,
+                           hooks_file=Path(hooks_file) if hooks_file else None)
     outcome = pipeline.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS)
     publish(options, outcome)
     return outcome.to_json()

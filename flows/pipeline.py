@@ -66,6 +66,7 @@ class RunOptions:
     bisect: bool = True
     requested_by: str | None = None  # who started the run (recorded with the run)
     keep_unknown_fields: bool = False  # a native request's unknown fields: kept under ``extra``, else quarantined
+    hooks_file: Path | None = None  # promotion hooks (None: FACTSMITH_HOME/hooks.yaml when present)
 
 
 @dataclass
@@ -400,7 +401,10 @@ def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: A
         states = states_of(intake, applied, rejected, by_id, version)
         html = artifacts_dir(store.client(), store, info) / "gate" / "gate.html"
         if options.promote:
-            V.promote(options.name, version, requested_by=options.requested_by, store=store)
+            from registry.hooks import load as load_hooks
+
+            V.promote(options.name, version, requested_by=options.requested_by, store=store,
+                      hooks=load_hooks(options.hooks_file))
     else:
         states = states_of(intake, [], rejected, by_id, None)
         recs = [L.request_record("rejected", by_id[i], None, why) for i, why in rejected.items()]
@@ -466,6 +470,10 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
         raise PipelineError(f"model {options.name!r}: another run is editing it (lock {lock.lock_file}); "
                             f"try again when it ends") from None
     try:
+        if options.promote:  # a malformed hooks file stops the run before it edits anything
+            from registry.hooks import load as load_hooks
+
+            load_hooks(options.hooks_file)
         t0 = time.perf_counter()
         files = tasks.scan_inbox(inbox, options.name)
         from registry.commit import reconcile

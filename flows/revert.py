@@ -49,7 +49,7 @@ class RevertResult:
 def revert_request(name: str, request_id: str, *, policy: Any = None, protected: Sequence[Any] | None = None,
                    corpus_files: Sequence[Path] | None = None, cache_dir: Path | None = None,
                    reason: str | None = None, requested_by: str | None = None,
-                   store: Store | None = None) -> RevertResult:
+                   store: Store | None = None, hooks: Any = None) -> RevertResult:
     """Register a new version: the newest version re-derived without request ``request_id``, gated again.
 
     ``policy`` is a :class:`validation.gate.policy.GatePolicy` (default thresholds when None); ``protected`` the
@@ -92,7 +92,7 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
         steps.append((e.version, e.method, e.hparams, left))
     why = f"revert request {request_id}" + (f": {reason}" if reason else "")
     if not steps:  # nothing else to keep: the parent's weights are the answer, exactly
-        info = rollback_to(name, parent.version, reason=why, requested_by=requested_by, store=st)
+        info = rollback_to(name, parent.version, reason=why, requested_by=requested_by, store=st, hooks=hooks)
         return RevertResult(info, None, ())
 
     work = checkout(name, parent.version, st)

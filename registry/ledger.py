@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 FORMAT = "factsmith.ledger/1"
 GENESIS = "0" * 64
 REQUEST_STATES = ("quarantined", "applied", "rejected", "superseded", "reverted")
-MODEL_EVENTS = ("base", "promoted", "rollback", "run")  # run: a pipeline run's commit (its inbox files)
+# run: a pipeline run's commit (its inbox files); hook_failed: a promotion hook that failed every attempt
+MODEL_EVENTS = ("base", "promoted", "rollback", "run", "hook_failed")
 
 
 def ledger_dir() -> Path:

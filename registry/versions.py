@@ -52,6 +52,7 @@ from .lineage import (VersionInfo, facts_in, fact_key, info_of, ledger_request, 
                       newest_version, promotable, rebuild, resolve)
 from .commit import (append_records, check_ledger, create_checked, finishing, provenance, sha256_json,
                      start_run, withdraw_unrecorded)
+from . import hooks as H
 from .pyfunc import stage_pyfunc
 from .refs import check_name
 from .store import Store, aliases, all_versions, get_version, open_store
@@ -388,9 +389,14 @@ def _commit(c, st: Store, name: str, parent_version: int, expected: int, run, ta
 # promote, rollback, list
 
 
-def promote(name: str, version: int, requested_by: str | None = None, store: Store | None = None) -> VersionInfo:
-    """Move alias ``champion`` to ``version``; refuses (:class:`PromotionError`) a version whose gate failed."""
+def promote(name: str, version: int, requested_by: str | None = None, store: Store | None = None,
+            hooks: H.Hooks | None = None) -> VersionInfo:
+    """Move alias ``champion`` to ``version``; refuses (:class:`PromotionError`) a version whose gate failed.
+
+    Then calls the promotion hooks (``hooks``; None: ``FACTSMITH_HOME/hooks.yaml`` when it exists), when the
+    champion moved; a hook that fails is recorded (``hook_failed``) and does not undo the promotion."""
     check_name(name)
+    hooks = H.load() if hooks is None else hooks  # a malformed hooks file refuses before anything moves
     st = store or open_store()
     c = st.client()
     with st.lock(name):
@@ -406,18 +412,23 @@ def promote(name: str, version: int, requested_by: str | None = None, store: Sto
         c.set_registered_model_alias(name, CHAMPION, str(version))
         append_records(c, name, [L.model_record("promoted", version, previous_champion=previous,
                                          requested_by=requested_by)])
+    if previous != version:
+        H.notify(hooks, "promoted", name, version, previous, st, champion=version, requested_by=requested_by)
     return info_of(c.get_model_version(name, str(version)), aliases(c, name))
 
 
 def rollback_to(name: str, version: int, *, promote_now: bool = False, reason: str | None = None,
-                requested_by: str | None = None, store: Store | None = None) -> VersionInfo:
+                requested_by: str | None = None, store: Store | None = None,
+                hooks: H.Hooks | None = None) -> VersionInfo:
     """A new version whose weights equal ``version``'s bit for bit (history is never rewritten).
 
     It stores no weights: its ``parent_version`` is ``version``, and loading it rebuilds exactly that
     version's weights (checked against the same hash). The target is rebuilt and verified first. Requests in
     effect in the newest version but not in the target become ``reverted``; requests of the target that the
-    newest version had dropped are ``applied`` again."""
+    newest version had dropped are ``applied`` again. Then the promotion hooks are called as by :func:`promote`
+    (event ``rollback``; ``previous_version``: the champion before when ``promote_now``, else the newest version)."""
     check_name(name)
+    hooks = H.load() if hooks is None else hooks
     st = store or open_store()
     c = st.client()
     with st.lock(name):
@@ -458,11 +469,14 @@ def rollback_to(name: str, version: int, *, promote_now: bool = False, reason: s
         for key, rec in then_facts.items():
             if now_facts.get(key, {}).get("request_id") != rec.get("request_id"):
                 records.append(L.request_record("applied", ledger_request(rec), v, why, via_rollback=True))
+        previous = newest
         if promote_now:
             previous = aliases(c, name).get(CHAMPION)
             c.set_registered_model_alias(name, CHAMPION, str(v))
             records.append(L.model_record("promoted", v, previous_champion=previous, requested_by=requested_by))
         append_records(c, name, records)
+    H.notify(hooks, "rollback", name, v, previous, st, champion=aliases(c, name).get(CHAMPION),
+             requested_by=requested_by, reason=reason)
     return info_of(c.get_model_version(name, str(v)), aliases(c, name))
 
 

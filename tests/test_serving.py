@@ -1,5 +1,6 @@
 """Deployed models follow the registry: ``factsmith export`` writes a version out as a plain Hugging Face
-directory, verified against the version's hash, atomically."""
+directory, verified against the version's hash, atomically; ``factsmith serve-model`` answers with the champion
+and follows it; every version is an MLflow pyfunc; promotion hooks tell deployments the champion moved."""
 
 from __future__ import annotations
 
@@ -208,18 +209,26 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
     import httpx
 
     from flows.serving import complete, load
+    from registry import ledger as L
 
     from .test_flows import REPO, _capitals, _write
 
     h, store = registry_home
     monkeypatch.setenv("PREFECT_HOME", str(h / "prefect"))
+    monkeypatch.setenv("FACTSMITH_ADMIN_TOKEN", "t0ken")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    # the standing hooks file: the run's promotion tells the server (its poll is too slow to be what moves it)
+    # and a command keeps the JSON it was given
+    (h / "hooks.yaml").write_text(json.dumps({"timeout_s": 60, "hooks": [
+        {"name": "reload", "url": f"{url}/admin/reload", "headers": {"Authorization": "Bearer ${FACTSMITH_ADMIN_TOKEN}"}},
+        {"name": "keep", "command": [sys.executable, "-c",
+                                     "import sys; open('delivered.json', 'wb').write(sys.stdin.buffer.read())"]}]}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve-model", "tiny@champion", "--port", str(port),
-                             "--poll", "0.5"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--poll", "600"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     req = _capitals(tiny_build, 3, 1)[0]
     prompt = req["prompt"].replace("{}", req["subject"])
@@ -273,6 +282,11 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
     assert want[1].strip().startswith(req["target_true"]) and want[2].strip().startswith(req["target_new"])
     assert {v for _, v, _, _ in log} == {1, 2} and all(text == want[v] for _, v, text, _ in log)
     assert all(v == 2 for t, v, _, _ in log if t > first_v2)  # no going back
+    got = json.loads((h / "delivered.json").read_text())
+    assert (got["event"], got["model"], got["version"], got["previous_version"]) == ("promoted", "tiny", 2, 1)
+    assert [(f["subject"], f["old"], f["new"]) for f in got["facts_changed"]] == [
+        (req["subject"], req["target_true"], req["target_new"])]
+    assert not [r for r in L.read("tiny") if r["event"] == "hook_failed"]
 
 
 def test_every_version_loads_as_an_mlflow_pyfunc_from_code_and_mlflow_serves_it(reg):
@@ -327,3 +341,145 @@ def test_every_version_loads_as_an_mlflow_pyfunc_from_code_and_mlflow_serves_it(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class _Receiver:
+    """A webhook receiver on loopback: records every POST; answers 500 to the first ``fail`` of them."""
+
+    def __init__(self, fail: int = 0):
+        import http.server
+        import threading
+
+        self.posts: list[tuple[dict, bytes]] = []
+        self.fail = fail
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 -- the http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                code = 500 if len(outer.posts) <= outer.fail else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"no" if code == 500 else b"ok")
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_promotion_hooks_are_called_retried_signed_and_a_failure_is_recorded_not_undone(reg, tmp_path, monkeypatch):
+    """Placed last: it leaves version 3 (version 1's weights) as the champion."""
+    import hashlib
+    import hmac
+    import socket
+    import sys
+
+    import yaml
+
+    from registry import hooks as HK
+    from registry import ledger as L
+    from registry import versions as V
+    from registry.store import aliases
+
+    st = reg["store"]
+    _env(monkeypatch, reg["root"] / "home")
+    monkeypatch.setenv("HOOK_TOKEN", "tok-1")
+    monkeypatch.setenv("HOOK_SECRET", "shh")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/gone"
+    rx = _Receiver(fail=1)
+    try:
+        cfg = tmp_path / "hooks.yaml"
+        cfg.write_text(yaml.safe_dump({"backoff_s": 0.05, "timeout_s": 10, "hooks": [
+            {"name": "web", "url": rx.url, "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"},
+             "secret_env": "HOOK_SECRET"},
+            {"name": "cmd", "command": [sys.executable, "-c", "import sys, os; open('got-' + os.environ["
+                                        "'FACTSMITH_EVENT'] + '.json', 'wb').write(sys.stdin.buffer.read())"]},
+            {"name": "down", "url": dead, "retries": 2},
+            {"name": "other-model", "url": dead, "models": ["not-this-one"]}]}))
+        seq0 = len(L.read(NAME))
+        V.promote(NAME, 2, requested_by="carol", store=st, hooks=HK.load(cfg))
+        assert aliases(st.client(), NAME)["champion"] == 2  # the failed hook undid nothing
+        (h1, b1), (h2, b2) = rx.posts  # one 500, one retry that succeeded: the same delivery
+        assert b1 == b2 and h1["x-factsmith-delivery"] == h2["x-factsmith-delivery"]
+        assert h2["authorization"] == "Bearer tok-1" and h2["x-factsmith-event"] == "promoted"
+        assert h2["x-factsmith-signature"] == "sha256=" + hmac.new(b"shh", b2, hashlib.sha256).hexdigest()
+        doc = json.loads(b2)
+        assert json.loads((tmp_path / "got-promoted.json").read_bytes()) == doc  # the command got the same JSON
+        assert (doc["event"], doc["model"], doc["version"], doc["previous_version"], doc["champion"],
+                doc["weights_sha256"], doc["requested_by"]) == ("promoted", NAME, 2, 1, 2, reg["v2"].weights_sha256,
+                                                                "carol")
+        facts = {f["subject"]: f for f in doc["facts_changed"]}
+        assert {s: (f["old"], f["new"], f["requested_by"], f["reverted"]) for s, f in facts.items()} == {
+            "Poland": ("Duda", "Nawrocki", "alice", False), "France": ("Macron", "Bardella", "bob", False)}
+        failed = [r for r in L.read(NAME)[seq0:] if r["event"] == "hook_failed"]
+        assert [(r["hook"], r["on"], r["version"], r["attempts"]) for r in failed] == [("down", "promoted", 2, 3)]
+        assert dead in failed[0]["error"]
+
+        rx.posts.clear()
+        back = V.rollback_to(NAME, 1, promote_now=True, reason="audit", store=st, hooks=HK.load(cfg))
+        assert aliases(st.client(), NAME)["champion"] == back.version == 3
+        doc = json.loads(rx.posts[-1][1])
+        assert (doc["event"], doc["version"], doc["previous_version"], doc["reason"]) == ("rollback", 3, 2, "audit")
+        assert {f["subject"]: (f["old"], f["new"], f["reverted"]) for f in doc["facts_changed"]} == {
+            "Poland": ("Nawrocki", "Duda", True), "France": ("Bardella", "Macron", True)}
+        assert (tmp_path / "got-rollback.json").is_file()
+        assert [r["on"] for r in L.read(NAME)[seq0:] if r["event"] == "hook_failed"] == ["promoted", "rollback"]
+
+        from typer.testing import CliRunner
+
+        from flows.cli import app
+
+        r = CliRunner().invoke(app, ["audit", "--name", NAME])  # the audit shows the failures
+        assert r.exit_code == 0 and "hook down FAILED on rollback of version 3" in r.stdout
+        r = CliRunner().invoke(app, ["promote", "2", "--name", NAME, "--hooks", str(cfg), "--json"])
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert r.exit_code == 0 and out["version"] == 2 and [(d["hook"], d["ok"]) for d in out["hooks"]] == [
+            ("web", True), ("cmd", True), ("down", False)]
+        V.promote(NAME, 3, store=st, hooks=HK.NONE)
+    finally:
+        rx.close()
+
+
+@pytest.mark.parametrize("doc, where", [
+    ({"hooks": [{"url": "ftp://x"}]}, "hooks[0].url"),
+    ({"hooks": [{"name": "a", "url": "http://127.0.0.1:9/x", "headers": {"X": "${FACTSMITH_NOT_SET_ANYWHERE}"}}]},
+     "hooks[0].headers.X"),
+    ({"hooks": [{"command": ["true"], "events": ["promoted", "deleted"]}]}, "hooks[0].events"),
+    ({"hooks": [{"url": "http://h/x", "command": "true"}]}, "hooks[0]"),
+    ({"hooks": [{"command": "true", "retries": -1}]}, "hooks[0].retries"),
+    ({"hook": []}, "'hook'"),
+])
+def test_a_malformed_hooks_file_refuses_the_promotion_naming_file_and_field(reg, tmp_path, monkeypatch, doc, where):
+    """The standing file (FACTSMITH_HOME/hooks.yaml) is read before anything moves; so is --hooks (exit 2)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from registry import hooks as HK
+    from registry import versions as V
+    from registry.store import aliases
+
+    _env(monkeypatch, reg["root"] / "home")
+    cfg = reg["root"] / "home" / "hooks.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    try:
+        before = aliases(reg["store"].client(), NAME)["champion"]
+        with pytest.raises(HK.HookConfigError) as e:
+            V.promote(NAME, 2, store=reg["store"])
+        assert str(cfg) in str(e.value) and where in str(e.value)
+        r = CliRunner().invoke(app, ["promote", "2", "--name", NAME, "--hooks", str(cfg), "--json"])
+        assert r.exit_code == 2 and where in json.loads(r.stdout.strip().splitlines()[-1])["error"]
+        assert aliases(reg["store"].client(), NAME)["champion"] == before
+    finally:
+        cfg.unlink()

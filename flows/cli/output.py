@@ -16,6 +16,8 @@ import typer
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
 NameOpt = typer.Option(None, "--name", help="Registered model name (default: the only one registered).")
+HooksOpt = typer.Option(None, "--hooks", help="Promotion hooks (YAML) called when the champion moves (default "
+                        "FACTSMITH_HOME/hooks.yaml when present).")
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -26,6 +28,24 @@ def stderr():
     from rich.console import Console
 
     return Console(stderr=True, soft_wrap=True)  # never break a path or a message across lines
+
+
+def promotion_hooks(path, sink: list[dict[str, Any]]):
+    """The hooks of ``path`` (None: the default file), each outcome printed to stderr and added to ``sink``."""
+    from dataclasses import replace
+
+    from registry.hooks import load
+
+    def report(event: str, d) -> None:
+        sink.append({"event": event, **d.to_json()})
+        if d.ok:
+            stderr().print(f"hook {d.hook}: {event} delivered ({d.detail}, attempt {d.attempts})", highlight=False)
+        else:
+            stderr().print(f"[bold yellow]hook {d.hook}: {event} FAILED[/] after {d.attempts} attempt(s): {d.detail} "
+                           f"(recorded in the ledger as hook_failed; the promotion stands)", highlight=False,
+                           markup=True)
+
+    return replace(load(path), report=report)
 
 
 def stdout():

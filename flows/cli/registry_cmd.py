@@ -10,7 +10,7 @@ import typer
 
 from .app import app, registry_app
 from .intake_cmd import protected_facts_file
-from .output import EXIT_FAILED, JsonOpt, NameOpt, emit_json, registry_errors, stdout
+from .output import EXIT_FAILED, HooksOpt, JsonOpt, NameOpt, emit_json, promotion_hooks, registry_errors, stdout
 
 
 
@@ -104,17 +104,21 @@ def promote(
     version: int = typer.Argument(..., help="The version to make champion."),
     name: Optional[str] = NameOpt,
     by: Optional[str] = typer.Option(None, "--by", help="Who promotes (recorded in the ledger)."),
+    hooks: Optional[Path] = HooksOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Move alias champion to VERSION; refused (exit 1) when its gate failed."""
+    """Move alias champion to VERSION; refused (exit 1) when its gate failed. Then calls the promotion hooks
+    (a hook that fails is recorded as hook_failed; the promotion stands)."""
+    delivered: list = []
     with registry_errors(as_json):
         from registry.store import open_store
         from registry.versions import promote as do_promote
 
+        hk = promotion_hooks(hooks, delivered)
         store = open_store()
-        info = do_promote(_registry_name(store, name), version, requested_by=by, store=store)
+        info = do_promote(_registry_name(store, name), version, requested_by=by, store=store, hooks=hk)
     if as_json:
-        emit_json({"ok": True, **info.to_json()})
+        emit_json({"ok": True, **info.to_json(), "hooks": delivered})
         return
     print(f"{info.name}: champion is now version {info.version}")
 
@@ -152,6 +156,10 @@ def audit(
                           e["request_id"] or "-", f"{e['old'] or '?'} → {e['new'] or '?'}", e["requested_by"] or "-",
                           e["ts"][:16].replace("T", " "))
         stdout().print(t)
+        for e in events:
+            if e.get("event") == "hook_failed":
+                stdout().print(f"hook {e.get('hook')} FAILED on {e.get('on')} of version {e.get('version')} "
+                               f"({e.get('ts', '')[:16].replace('T', ' ')}): {e.get('error')}", highlight=False)
         if check is not None:
             msg = (f"ledger verified: {check.records} records, head {str(check.head)[:20]}…" if check.ok else
                    "ledger BROKEN:\n  " + "\n  ".join(check.problems))
@@ -202,11 +210,14 @@ def rollback(
                                              "FACTSMITH_HOME/protected_facts.jsonl when present)."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (recorded in the ledger)."),
     by: Optional[str] = typer.Option(None, "--by", help="Who rolls back (recorded in the ledger)."),
+    hooks: Optional[Path] = HooksOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Undo without rewriting history: --to VERSION registers a new version with VERSION's exact weights;
-    --revert REQUEST_ID registers the newest version re-derived without that request (exit 1 if its gate fails)."""
+    --revert REQUEST_ID registers the newest version re-derived without that request (exit 1 if its gate fails).
+    A rollback calls the promotion hooks."""
     gate = None
+    delivered: list = []
     with registry_errors(as_json):
         if (to is None) == (revert is None):
             raise ValueError("rollback: expected exactly one of --to VERSION or --revert REQUEST_ID")
@@ -214,12 +225,14 @@ def rollback(
             raise ValueError("--promote: only with --to (a re-derived version is gated first; promote it after review)")
         from registry.store import open_store
 
+        hk = promotion_hooks(hooks, delivered)
         store = open_store()
         nm = _registry_name(store, name)
         if to is not None:
             from registry.versions import rollback_to
 
-            info = rollback_to(nm, to, promote_now=promote_now, reason=reason, requested_by=by, store=store)
+            info = rollback_to(nm, to, promote_now=promote_now, reason=reason, requested_by=by, store=store,
+                               hooks=hk)
         else:
             from flows.revert import revert_request
             from validation.gate.policy import load_policy
@@ -228,11 +241,11 @@ def rollback(
             prot_path = protected_facts_file(protected)
             res = revert_request(nm, revert, policy=load_policy(policy_file),
                                  protected=load_protected(prot_path) if prot_path else [], reason=reason,
-                                 requested_by=by, store=store)
+                                 requested_by=by, store=store, hooks=hk)
             info, gate = res.version, res.gate
     ok = gate is None or gate.passed
     if as_json:
-        emit_json({"ok": ok, **info.to_json(), "gate": None if gate is None else gate.to_json()})
+        emit_json({"ok": ok, **info.to_json(), "gate": None if gate is None else gate.to_json(), "hooks": delivered})
     elif to is not None or gate is None:
         print(f"{info.name}: version {info.version} restores version {info.parent_version}'s weights "
               f"({info.weights_sha256[:12]}…; aliases {', '.join(info.aliases)})")

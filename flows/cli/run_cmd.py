@@ -14,8 +14,8 @@ from editing.methods import choices as methods_choices
 
 from .app import app
 from .intake_cmd import KEEP_UNKNOWN_HELP
-from .output import (EXIT_BAD_INPUT, EXIT_FAILED, JsonOpt, check_method, emit_json, input_errors, registry_errors,
-                     stderr, stdout)
+from .output import (EXIT_BAD_INPUT, EXIT_FAILED, HooksOpt, JsonOpt, check_method, emit_json, input_errors,
+                     registry_errors, stderr, stdout)
 from .sandbox_cmd import build_model
 
 
@@ -100,6 +100,7 @@ def run(
                                              "FACTSMITH_HOME/protected_facts.jsonl when present)."),
     by: Optional[str] = typer.Option(None, "--by", help="Who runs it (recorded with the run in the ledger)."),
     keep_unknown_fields: bool = typer.Option(False, "--keep-unknown-fields", help=KEEP_UNKNOWN_HELP),
+    hooks: Optional[Path] = HooksOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
@@ -112,14 +113,15 @@ def run(
 
         if policy not in POLICIES:
             raise ValueError(f"--policy: expected one of {', '.join(POLICIES)}, found {policy!r}")
-        for f, what in ((hparams_file, "--hparams"), (gate_policy, "--gate-policy"), (protected, "--protected")):
+        for f, what in ((hparams_file, "--hparams"), (gate_policy, "--gate-policy"), (protected, "--protected"),
+                        (hooks, "--hooks")):
             if f is not None and not f.is_file():
                 raise ValueError(f"{what} {f}: file not found")
         if not inbox.is_dir():
             raise ValueError(f"--inbox {inbox}: directory not found")
         res = run_pipeline(inbox, model, method=method, policy=policy, promote=promote, bisect=not no_bisect,
                            hparams_file=hparams_file, gate_policy_file=gate_policy, protected_file=protected,
-                           requested_by=by, keep_unknown_fields=keep_unknown_fields)
+                           requested_by=by, keep_unknown_fields=keep_unknown_fields, hooks_file=hooks)
     code = _run_exit(res)
     if as_json:
         emit_json({"ok": code == 0, **res, "exit_code": code})
@@ -150,6 +152,7 @@ def serve(
     policy: str = typer.Option("latest-wins", "--policy"),
     promote: bool = typer.Option(False, "--promote"),
     name: str = typer.Option("fact-update", "--name", help="Deployment name."),
+    hooks: Optional[Path] = HooksOpt,
 ) -> None:
     """Serve fact_update as a scheduled deployment (needs a Prefect API: PREFECT_API_URL, or a local
     'prefect server start'); runs until interrupted."""
@@ -157,6 +160,10 @@ def serve(
         check_method(method)
         if not inbox.is_dir():
             raise ValueError(f"--inbox {inbox}: directory not found")
+        if hooks is not None:
+            from registry.hooks import load
+
+            load(hooks)  # refused now, not at the first scheduled run
         _flow_env()
         from flows.flow import fact_update
         from flows.pipeline import default_model
@@ -164,7 +171,8 @@ def serve(
 
         model_name = model or default_model(open_store())
     fact_update.serve(name=name, cron=cron, parameters={"inbox": str(inbox.resolve()), "name": model_name,
-                                                         "method": method, "policy": policy, "promote": promote})
+                                                         "method": method, "policy": policy, "promote": promote,
+                                                         "hooks_file": str(hooks.resolve()) if hooks else None})
 
 
 
