@@ -75,6 +75,7 @@ class ModelServer:
         self.poll_s = poll_s
         self.current = load(ref, store)
         self.swaps = 0
+        self.last_load_s: float | None = None  # the last swap's load (rebuild and verify), seconds
         self.last_error: str | None = None
         self._check = threading.Lock()  # one load at a time
         self._stop = threading.Event()
@@ -98,6 +99,7 @@ class ModelServer:
                 return False
             old, self.current = self.current, new  # the swap: one assignment
             self.swaps += 1
+            self.last_load_s = round(time.perf_counter() - t0, 3)
             self.last_error = None
             log.info("serve-model: %s now %s version %d (was %d; loaded in %.2f s)", self.ref, new.name,
                      new.version, old.version, time.perf_counter() - t0)
@@ -148,7 +150,7 @@ def create_app(server: ModelServer, admin_token: str | None = None):
         m = server.current
         return {"status": "ok", "ref": server.ref, "model": m.name, "version": m.version,
                 "weights_sha256": m.weights_sha256, "loaded_at": m.loaded_at, "swaps": server.swaps,
-                "last_error": server.last_error}
+                "last_load_s": server.last_load_s, "last_error": server.last_error}
 
     @app.get("/v1/models")
     def models():
