@@ -191,10 +191,31 @@ def test_unreadable_files_are_reported_not_raised(tmp_path):
     rep = _validate(tmp_path / "missing.jsonl", tmp_path / "empty.jsonl", tmp_path / "latin1.jsonl",
                     tmp_path / "prose.txt", good)
     errors = {Path(u["file"]).name: u["error"] for u in rep.unreadable}
-    assert set(errors) == {"missing.jsonl", "empty.jsonl", "latin1.jsonl", "prose.txt"}
+    assert set(errors) == {"missing.jsonl", "empty.jsonl", "prose.txt"}
     assert "not found" in errors["missing.jsonl"] and "empty" in errors["empty.jsonl"]
-    assert "UTF-8" in errors["latin1.jsonl"] and "not JSON" in errors["prose.txt"]
+    assert "not JSON" in errors["prose.txt"]
     assert [r.id for r in rep.accepted] == ["g1"]
+    # a byte that is not UTF-8 quarantines its row, with the byte, not the whole file
+    (q,) = rep.quarantined
+    assert Path(q.origin.file).name == "latin1.jsonl" and q.origin.line == 1
+    assert q.problems[0].expectation == "text_encoding" and "byte 0xE1 is not UTF-8" in q.reason
+    assert q.raw == {"subject": "Bogot\ufffd"}
+
+
+def test_bytes_that_are_not_utf8_and_lone_surrogates_quarantine_only_their_rows(tmp_path):
+    lines = [json.dumps(GOOD).encode(), json.dumps(dict(GOOD, id="g2", subject="Chile")).encode()[:-2] + b'\xff"}',
+             json.dumps(dict(GOOD, id="g3", subject="Peru \ud800")).encode(),  # escaped: valid JSON, not text
+             json.dumps(dict(GOOD, id="g4", subject="Oman")).encode()]
+    (tmp_path / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "mixed.csv").write_bytes(b"id,subject,prompt,target_new\nc1,Kenya,The capital of {} is,X\n"
+                                         b"c2,Ken\xc3(ya,The capital of {} is,Y\n")
+    rep = _validate(tmp_path / "mixed.jsonl", tmp_path / "mixed.csv")
+    assert sorted(r.id for r in rep.accepted) == ["c1", "g1", "g4"]
+    got = {(Path(q.origin.file).name, q.origin.line): q.reason for q in rep.quarantined}
+    assert set(got) == {("mixed.jsonl", 2), ("mixed.jsonl", 3), ("mixed.csv", 3)}
+    assert "byte 0xFF is not UTF-8" in got["mixed.jsonl", 2] and "U+D800 is a lone surrogate" in got["mixed.jsonl", 3]
+    assert "byte 0xC3 is not UTF-8" in got["mixed.csv", 3]
+    json.dumps(rep.to_json(), ensure_ascii=False).encode("utf-8")  # the report is writable text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,3 +491,19 @@ def test_cli_run_and_the_pipeline_pass_keep_unknown_fields_to_validation(tmp_pat
     assert not strict.todo and strict.quarantined[0].problems[0].field == "model"
     kept = pipeline._validate(files, pipeline.RunOptions(name="m", keep_unknown_fields=True), 1, None)
     assert [r.extra for r in kept.todo] == [{"model": "/etc/shadow"}]
+
+
+# --------------------------------------------------------------------------------------------------
+# fuzzing (bench/fuzz.py, bounded; the parsers' properties: test_intake_properties.py)
+
+
+def test_a_fuzzed_inbox_crashes_nothing_loses_no_row_and_names_each_rows_real_line(tmp_path):
+    """A few hundred generated rows of every format and every fault bench/fuzz.py knows (its 10,000-row run is
+    the benchmark), through validate_files and ``factsmith validate --json``."""
+    from bench.fuzz import run
+
+    res = run(tmp_path, rows=400, seed=11, cli=True, huge=20_000)
+    assert res["crash"] is None and res["problems"] == [], "\n".join(res["problems"][:20])
+    c = res["counts"]
+    assert c["rows"] >= 400 and c["accepted"] > 50 and c["quarantined"] > 50 and c["superseded"] > 0
+    assert res["cli_exit"] == 2  # some rows quarantined

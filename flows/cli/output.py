@@ -54,8 +54,13 @@ def stdout():
     return Console(soft_wrap=True)
 
 
+# characters JSON may hold raw but line-oriented readers split at (Python's str.splitlines, JavaScript before
+# ES2019): escaped, so that the one JSON object stays one line for every reader
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def emit_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str).translate(_LINE_BREAKS) + "\n")
     sys.stdout.flush()
 
 

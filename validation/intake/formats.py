@@ -15,7 +15,8 @@ record that is not an object, a field of the wrong type, or a native field that 
 :data:`~validation.requests.NATIVE_FIELDS` becomes a row with ``problems`` (quarantined by validation with
 its file and line). With ``keep_unknown_fields`` a native record's unknown fields are kept under ``extra``
 instead; dataset records are never checked for them (their own fields are many). Only a file that cannot be
-read at all (missing, not UTF-8, empty, not JSON at its start) raises :class:`FileFormatError`.
+read at all (missing, empty, not JSON at its start) raises :class:`FileFormatError`. Bytes that are not UTF-8
+and JSON-escaped lone surrogates quarantine the record that holds them (``text_encoding``), not the file.
 
 JSONL lines end at ``\\n`` only (:func:`editing.jsonl.lines`), so line numbers are those of an editor and ``wc -l``.
 
@@ -75,15 +76,16 @@ def parse_file(path: str | Path, fmt: str | None = None, *,
     if fmt is not None and fmt not in FORMATS:
         raise FileFormatError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     try:
-        text = p.read_bytes().decode("utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise FileFormatError(f"{p}: file not found") from None
     except IsADirectoryError:
         raise FileFormatError(f"{p}: is a directory, expected a request file") from None
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise FileFormatError(f"{p}: cannot read: {e.strerror}") from None
+    # bytes that are not UTF-8 become U+DC80-U+DCFF (surrogateescape): the rows that hold them are quarantined
+    # (:func:`_not_text`), the others read -- one bad byte does not refuse a whole inbox file
+    text = data.decode("utf-8", "surrogateescape")
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise FileFormatError(f"{p}: the file is empty")
@@ -98,8 +100,12 @@ def parse_file(path: str | Path, fmt: str | None = None, *,
     rows: list[Row] = []
     for line, rec, ok in records:
         origin = Origin(name, line, len(rows), fmt)
+        bad = _not_text(rec)
         if not ok:
-            rows.append(Row(origin, rec["text"], problems=[Problem("(record)", "parse_json", rec["error"])]))
+            why = rec["error"] + (f"; {bad}" if bad else "")
+            rows.append(Row(origin, _clean(rec["text"]), problems=[Problem("(record)", "parse_json", why)]))
+        elif bad:
+            rows.append(Row(origin, _clean(rec), problems=[Problem("(record)", "text_encoding", bad)]))
         elif not isinstance(rec, dict):
             rows.append(Row(origin, rec, problems=[Problem(
                 "(record)", "record_is_object", f"expected a JSON object, found {_kind(rec)}")]))
@@ -111,6 +117,46 @@ def parse_file(path: str | Path, fmt: str | None = None, *,
 
 # --------------------------------------------------------------------------------------------------
 # Reading records with their line numbers
+
+
+def _strings_of(obj: Any) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings_of(k)
+            yield from _strings_of(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings_of(v)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_text(obj: Any) -> str | None:
+    """Why a record is not text, or None: a byte that is not UTF-8 (decoded as U+DC80-U+DCFF by
+    surrogateescape), or a lone surrogate written as a JSON escape (``"\\ud800"``: valid JSON, not text; it
+    could never be written back as UTF-8)."""
+    for s in _strings_of(obj):
+        m = _SURROGATE.search(s)
+        if m:
+            c = ord(m.group())
+            if 0xDC80 <= c <= 0xDCFF:
+                return f"byte 0x{c - 0xDC00:02X} is not UTF-8 (at character {m.start() + 1} of a value)"
+            return f"U+{c:04X} is a lone surrogate, not text (at character {m.start() + 1} of a value)"
+    return None
+
+
+def _clean(obj: Any) -> Any:
+    """``obj`` with every surrogate replaced by U+FFFD: the raw record a quarantine file can hold."""
+    if isinstance(obj, str):
+        return _SURROGATE.sub("\ufffd", obj)
+    if isinstance(obj, dict):
+        return {_clean(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -204,6 +250,10 @@ def _csv_rows(name: str, text: str, keep_unknown_fields: bool = False) -> Iterat
         if not any(c.strip() for c in cells):
             continue
         index += 1
+        bad = _not_text(cells)
+        if bad:
+            yield Row(origin, _clean(cells), problems=[Problem("(record)", "text_encoding", bad)])
+            continue
         raw = dict(zip(header, cells))
         if len(cells) != len(header):
             yield Row(origin, cells, problems=[Problem(
