@@ -12,9 +12,14 @@ the same fact (subject and relation, or subject and prompt).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,11 +105,25 @@ def artifacts_dir(client, store: Store, info: VersionInfo) -> Path:
     from .store import registry_dir
 
     dst = registry_dir() / "cache" / check_name(info.name) / str(info.version)
-    done = dst / ".complete"  # holds the downloaded folder, relative to dst; written last
+    done = dst / ".complete"  # holds the downloaded folder, relative to dst
     if not done.exists():
-        dst.mkdir(parents=True, exist_ok=True)
-        got = Path(download_artifacts(artifact_uri=info.source, dst_path=str(dst), tracking_uri=store.uri))
-        done.write_text(str(got.resolve().relative_to(dst.resolve())), encoding="utf-8")
+        # downloaded beside dst under a name of its own, then renamed into place whole: two processes that
+        # need the same version at once (two runs, two machines' workers on one FACTSMITH_HOME) each download,
+        # the first rename wins and the other's copy is dropped; nobody reads a half-written file
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{info.version}.", dir=dst.parent))
+        try:
+            got = Path(download_artifacts(artifact_uri=info.source, dst_path=str(tmp), tracking_uri=store.uri))
+            (tmp / ".complete").write_text(str(got.resolve().relative_to(tmp.resolve())), encoding="utf-8")
+            if dst.exists() and not done.exists():  # a partial folder a killed process left (no .complete)
+                stale = dst.with_name(f".stale.{uuid.uuid4().hex}")
+                with contextlib.suppress(OSError):
+                    os.rename(dst, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+            with contextlib.suppress(OSError):  # refused when another process's copy is already there
+                os.rename(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dst / done.read_text(encoding="utf-8").strip()
 
 

@@ -1,15 +1,22 @@
-"""At scale, for real: a ``prefect server`` and an ``mlflow server`` on 127.0.0.1, a process work pool and a
-worker; the flow deployed from ``prefect.yaml``, triggered with an inbox, and its version, ledger records and
-artifacts checked. Everything the test starts is stopped at the end."""
+"""At scale, for real: a PostgreSQL cluster (``initdb`` / ``pg_ctl`` in a temporary directory), an ``mlflow
+server`` on it with basic auth and proxied artifacts, a ``prefect server``, a process work pool and a worker,
+all on 127.0.0.1; the flow deployed from ``prefect.yaml``, triggered with an inbox, and its version, ledger
+records and artifacts checked; a wrong password refused; two registrations racing from one parent through the
+server, one refused by the optimistic check. Everything the test starts is stopped at the end. Where the
+PostgreSQL server binaries are absent the servers run on a sqlite file and the PostgreSQL part is reported
+skipped."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -71,13 +78,69 @@ def _started(cmd: list[str], env: dict, log: Path):
         p.wait(timeout=30)
 
 
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return cands[-1] if cands else None
+
+
+@contextmanager
+def _postgres(password: str):
+    """A private PostgreSQL cluster on 127.0.0.1 with databases ``mlflow`` and ``mlflow_auth``; yields the URI of
+    the first (None where the server binaries are absent). Run as the ``postgres`` user when this is root (the
+    server refuses root). Stopped (immediate) at the end."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        yield None
+        return
+    as_user: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="factsmith-pg-"))  # not under pytest's directories: they are 0700 root
+    data = tmp / "pgdata"
+    data.mkdir()
+    pw = tmp / "pgpass"
+    pw.write_text(password + "\n")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            u = pwd.getpwnam("postgres")
+        except KeyError:
+            yield None
+            return
+        as_user = ["runuser", "-u", "postgres", "--"]
+        for p in (data, pw):
+            os.chown(p, u.pw_uid, u.pw_gid)
+        os.chmod(tmp, 0o755)
+    port = _port()
+    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "factsmith", "-A", "scram-sha-256", f"--pwfile={pw}",
+                              "-E", "UTF8", "--no-instructions"], check=True, capture_output=True, timeout=120)
+    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60", "-o",
+                              f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        import psycopg2
+
+        con = psycopg2.connect(host="127.0.0.1", port=port, user="factsmith", password=password, dbname="postgres")
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute("CREATE DATABASE mlflow")
+            cur.execute("CREATE DATABASE mlflow_auth")
+        con.close()
+        yield f"postgresql+psycopg2://factsmith:{password}@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _run(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{' '.join(cmd)}: exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
 
-def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, home):
+def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, home, monkeypatch):
     h = tmp_path / "home"
     h.mkdir()
     (h / "cache").symlink_to(home / "cache", target_is_directory=True)
@@ -85,6 +148,7 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
 
     write_mechanics_policy(h)
     mport, pport = _port(), _port()
+    admin_pw = "s3cret-admin-pw"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(FACTSMITH_HOME=str(h), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
                MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mport}", PREFECT_API_URL=f"http://127.0.0.1:{pport}/api",
@@ -94,11 +158,28 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     # Romania -> Ottawa: an edit the gate passes. The Czech Republic -> Washington, D.C. (fact 16) is refused on
     # generalization (0.0: the argmax stop leaves no margin and the held-out phrasings answer Prague)
     _write(inbox / "a.jsonl", _capitals(tiny_build, 17, 1))
+    with _postgres("pg-pw-1") as pg:
+        _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch)
+    if pg is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) or a 'postgres' user are absent: the servers ran on "
+                    "a sqlite file; install Debian's postgresql package for the PostgreSQL part")
+
+
+def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch):
+    backend = f"{pg}/mlflow" if pg else f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                  "--backend-store-uri", backend, "--serve-artifacts",
                   "--artifacts-destination", str(tmp_path / "mlartifacts")]
+    menv = dict(env)
+    if pg:  # basic auth, its users in PostgreSQL too
+        (tmp_path / "auth.ini").write_text(
+            f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {pg}/mlflow_auth\nadmin_username = admin\n"
+            f"admin_password = {admin_pw}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        mlflow_cmd[2:2] = ["--app-name", "basic-auth"]
+        menv.update(MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-test-key")
+        env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_pw)
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)]
-    with _started(mlflow_cmd, env, tmp_path / "mlflow.log") as ml, \
+    with _started(mlflow_cmd, menv, tmp_path / "mlflow.log") as ml, \
             _started(prefect_cmd, env, tmp_path / "prefect.log") as pf:
         _wait_http(f"http://127.0.0.1:{mport}/health", ml, tmp_path / "mlflow.log")
         _wait_http(f"http://127.0.0.1:{pport}/api/health", pf, tmp_path / "prefect.log")
@@ -127,3 +208,38 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
                 "        print(sorted(a.key for a in await c.read_artifacts()))\nasyncio.run(main())\n")
         keys = _run([sys.executable, "-c", code], env).stdout
         assert "fact-update-tiny" in keys and "fact-update-tiny-requests" in keys
+        if pg:
+            _wrong_password_and_racing_registrations(tmp_path, env, monkeypatch)
+
+
+def _wrong_password_and_racing_registrations(tmp_path, env, monkeypatch):
+    """A wrong password is refused (exit 1, the server's 401 named); two processes registering from one parent
+    through the server: one version; the other, behind it on the lock, refused by the newest-version check."""
+    import multiprocessing
+
+    from .test_registry import _race_worker, save_base
+
+    race = "race"
+
+    bad = subprocess.run([str(BIN / "factsmith"), "versions", "--json"], env={**env, "MLFLOW_TRACKING_PASSWORD": "nope"},
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "401" in bad.stdout + bad.stderr, (bad.stdout[-2000:], bad.stderr[-2000:])
+    out = json.loads(bad.stdout.strip().splitlines()[-1])
+    assert out["ok"] is False and "401" in out["error"]
+
+    base_dir = save_base(tmp_path / "race-base")
+    _run([str(BIN / "factsmith"), "registry", "init", "--model", str(base_dir), "--name", race, "--json"], env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_worker, args=(str(base_dir), seed, barrier, results, race))
+             for seed in (21, 22)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=400) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(g[0] for g in got) == ["refused", "registered"], got
+    v = json.loads(_run([str(BIN / "factsmith"), "versions", "--name", race, "--json"], env).stdout)["versions"]
+    assert [x["version"] for x in v] == [1, 2]

@@ -568,7 +568,7 @@ def test_concurrent_first_use_of_a_fresh_store_creates_the_schema_once(tmp_path,
     assert got == ["ok"] * 3, got
 
 
-def _race_worker(base_dir: str, seed: int, barrier, results) -> None:
+def _race_worker(base_dir: str, seed: int, barrier, results, name: str = NAME) -> None:
     from editing.delta import weights_sha256
     from registry import versions as V
     from registry.errors import ConcurrencyError
@@ -580,7 +580,7 @@ def _race_worker(base_dir: str, seed: int, barrier, results) -> None:
         m, d = make_edit(base, 1, seed=seed, base_sha=weights_sha256(base))
         store = open_store()
         barrier.wait(timeout=300)
-        info = V.register(NAME, 1, m, d, requests=[request(f"r{seed}", f"Country{seed}", "X", "Y")], gate_passed=True,
+        info = V.register(name, 1, m, d, requests=[request(f"r{seed}", f"Country{seed}", "X", "Y")], gate_passed=True,
                           store=store)
         results.put(("registered", seed, info.version))
     except ConcurrencyError as e:

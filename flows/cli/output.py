@@ -154,16 +154,21 @@ def prob(p: Optional[float]) -> str:
 @contextmanager
 def registry_errors(as_json: bool) -> Iterator[None]:
     """Input errors exit 2 (via :func:`_errors`); the registry's refusals (a lost race, a failed gate, a hash
-    mismatch, a broken ledger) exit 1 with the message."""
+    mismatch, a broken ledger) and the tracking server's (a wrong password: HTTP 401, a missing permission:
+    403) exit 1 with the message."""
     from registry.errors import RegistryError
 
     try:
         with input_errors(as_json):
             yield
-    except RegistryError as e:
+    except Exception as e:
+        mlflow_error = any(c.__module__.startswith("mlflow.exceptions") for c in type(e).__mro__)
+        if not isinstance(e, RegistryError) and not mlflow_error:
+            raise
+        msg = f"the MLflow tracking server refused: {e}" if mlflow_error else str(e)
         if as_json:
-            emit_json({"ok": False, "error": str(e), "kind": type(e).__name__})
-        stderr().print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            emit_json({"ok": False, "error": msg, "kind": type(e).__name__})
+        stderr().print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
         raise typer.Exit(EXIT_FAILED)
 
 
