@@ -111,7 +111,7 @@ def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHO
                 promote: bool = False, bisect: bool = True, hparams_file: str | None = None,
                 gate_policy_file: str | None = None, protected_file: str | None = None,
                 requested_by: str | None = None, keep_unknown_fields: bool = False,
-                hooks_file: str | None = None) -> dict[str, Any]:
+                hooks_file: str | None = None, lock_timeout: float = 3600.0) -> dict[str, Any]:
     """Apply an inbox of fact-change requests to a registered model; returns :meth:`Outcome.to_json`."""
     from prefect.runtime import flow_run
 
@@ -125,7 +125,8 @@ def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHO
                            protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by,
                            keep_unknown_fields=keep_unknown_fields,
                            hooks_file=Path(hooks_file) if hooks_file else None)
-    outcome = pipeline.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS)
+    outcome = pipeline.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS,
+                           lock_timeout=lock_timeout)  # another run on this model: wait for it
     publish(options, outcome)
     return outcome.to_json()
 

@@ -208,6 +208,7 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
 
     import httpx
 
+    from flows.pipeline import run_lock
     from flows.serving import complete, load
     from registry import ledger as L
 
@@ -259,11 +260,23 @@ def test_a_served_model_switches_to_the_promoted_version_without_a_failed_reques
         loop = threading.Thread(target=client)
         loop.start()
         _write(h / "inbox" / "a.jsonl", [req])
+        # another run holds the model for the first 20 s: this one waits for it (--lock-timeout), then runs
+        holding = threading.Event()
+
+        def hold():
+            with run_lock("tiny"):
+                holding.set()
+                time.sleep(20.0)
+
+        threading.Thread(target=hold, daemon=True).start()
+        assert holding.wait(30)
+        t_run = time.time()
         run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--inbox", str(h / "inbox"), "--promote",
                               "--json"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
                              capture_output=True, text=True, timeout=600)
         promoted_at = time.time()
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert promoted_at - t_run > 20
         assert json.loads(run.stdout.strip().splitlines()[-1])["promoted"]
         while time.time() < promoted_at + 10 and not any(v == 2 for _, v, _, _ in log):
             time.sleep(0.1)

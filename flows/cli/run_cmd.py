@@ -101,6 +101,8 @@ def run(
     by: Optional[str] = typer.Option(None, "--by", help="Who runs it (recorded with the run in the ledger)."),
     keep_unknown_fields: bool = typer.Option(False, "--keep-unknown-fields", help=KEEP_UNKNOWN_HELP),
     hooks: Optional[Path] = HooksOpt,
+    lock_timeout: float = typer.Option(3600.0, "--lock-timeout", help="Seconds to wait while another run edits the "
+                                       "same model (0: fail at once; the inbox is left as it is)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
@@ -113,6 +115,8 @@ def run(
 
         if policy not in POLICIES:
             raise ValueError(f"--policy: expected one of {', '.join(POLICIES)}, found {policy!r}")
+        if not lock_timeout >= 0:
+            raise ValueError(f"--lock-timeout: expected seconds >= 0, found {lock_timeout}")
         for f, what in ((hparams_file, "--hparams"), (gate_policy, "--gate-policy"), (protected, "--protected"),
                         (hooks, "--hooks")):
             if f is not None and not f.is_file():
@@ -121,7 +125,8 @@ def run(
             raise ValueError(f"--inbox {inbox}: directory not found")
         res = run_pipeline(inbox, model, method=method, policy=policy, promote=promote, bisect=not no_bisect,
                            hparams_file=hparams_file, gate_policy_file=gate_policy, protected_file=protected,
-                           requested_by=by, keep_unknown_fields=keep_unknown_fields, hooks_file=hooks)
+                           requested_by=by, keep_unknown_fields=keep_unknown_fields, hooks_file=hooks,
+                           lock_timeout=lock_timeout)
     code = _run_exit(res)
     if as_json:
         emit_json({"ok": code == 0, **res, "exit_code": code})
