@@ -401,3 +401,25 @@ def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> None:
     print("-" * len(line))
     for c in cells:
         print("  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths))))
+
+
+# --------------------------------------------------------------------------------------------------
+# A fresh FACTSMITH_HOME for the pipeline benchmarks (chaos, concurrency)
+
+
+def demo_home(tmp: Path, prefect_log_level: str = "WARNING") -> tuple[Path, Path, dict[str, str]]:
+    """(the demo sandbox's directory, a fresh FACTSMITH_HOME, the environment of the ``factsmith`` processes) under
+    ``tmp``: the sandbox built or reused from the user's sandbox cache, the home's editing cache the user's (the
+    statistics are computed once), no Prefect or MLflow server inherited."""
+    from sandbox import build_sandbox, preset, world_facts
+
+    cache = home() / "cache"
+    model_dir = tmp / "demo-sandbox"
+    build_sandbox(world_facts(), model_dir, preset("demo"), 0, preset_name="demo", cache_dir=cache / "sandbox")
+    h = tmp / "home"
+    h.mkdir()
+    (h / "cache").symlink_to(cache, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(FACTSMITH_HOME=str(h), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
+               PREFECT_HOME=str(tmp / "prefect"), PREFECT_LOGGING_LEVEL=prefect_log_level)
+    return model_dir, h, env

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench._common import REPO, RESULTS, home
+from bench._common import REPO, RESULTS, demo_home
 
 NAME = "demo"
 WORLDS = REPO / "sandbox" / "worlds"
@@ -60,19 +60,11 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
 
-    from sandbox import build_sandbox, example_inbox, preset, world_facts
+    from sandbox import example_inbox
 
-    cache = home() / "cache"
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp_s:
         tmp = Path(tmp_s)
-        model_dir = tmp / "demo-sandbox"
-        build_sandbox(world_facts(), model_dir, preset("demo"), 0, preset_name="demo", cache_dir=cache / "sandbox")
-        h = tmp / "home"
-        h.mkdir()
-        (h / "cache").symlink_to(cache, target_is_directory=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(FACTSMITH_HOME=str(h), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
-                   PREFECT_HOME=str(tmp / "prefect"), PREFECT_LOGGING_LEVEL="INFO")  # INFO: the phase a kill hit
+        model_dir, h, env = demo_home(tmp, "INFO")  # INFO for chaos: the phase a kill hit
         p = _factsmith(["registry", "init", "--model", str(model_dir), "--name", NAME, "--json"], env)
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]

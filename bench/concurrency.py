@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench._common import REPO, RESULTS, home
+from bench._common import REPO, RESULTS, demo_home
 
 WORLDS = REPO / "sandbox" / "worlds"
 
@@ -75,19 +75,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "concurrency.json")
     args = ap.parse_args()
 
-    from sandbox import build_sandbox, example_inbox, preset, world_facts
+    from sandbox import example_inbox
 
-    cache = home() / "cache"
     with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp_s:
         tmp = Path(tmp_s)
-        model_dir = tmp / "demo-sandbox"
-        build_sandbox(world_facts(), model_dir, preset("demo"), 0, preset_name="demo", cache_dir=cache / "sandbox")
-        h = tmp / "home"
-        h.mkdir()
-        (h / "cache").symlink_to(cache, target_is_directory=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(FACTSMITH_HOME=str(h), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
-                   PREFECT_HOME=str(tmp / "prefect"), PREFECT_LOGGING_LEVEL="WARNING")
+        model_dir, h, env = demo_home(tmp, "WARNING")
         for m in ("a", "b"):
             p = _start(["registry", "init", "--model", str(model_dir), "--name", m, "--json"], env)
             _, err = p.communicate(timeout=300)
