@@ -45,7 +45,9 @@ def test_csv_rows_are_the_records_written_whatever_their_cells(tmp_path_factory,
     from validation.intake.formats import parse_file
 
     buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\r\n" if crlf else "\n")
+    # RFC 4180: a cell holding CR or LF is quoted. Python's writer quotes only the line terminator's characters
+    # (with "\n" a bare CR goes out unquoted, and every reader ends the record there), so LF files quote all
+    w = csv.writer(buf, lineterminator="\r\n") if crlf else csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(["id", "subject", "prompt", "target_new"])
     starts = []
     for rec in records:

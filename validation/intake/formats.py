@@ -32,7 +32,6 @@ written, so a stray control character there is quarantined.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from pathlib import Path
@@ -224,8 +223,30 @@ def _array_records(name: str, text: str, start: int) -> Iterator[tuple[int, Any,
     yield _line_of(text, len(text)), {"error": "the JSON array is not closed (truncated file?)", "text": ""}, False
 
 
+_CSV_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+class _CsvLines:
+    """The lines the csv module reads (split at CR, LF and CRLF, as ``io.StringIO(newline="")`` does), counting
+    the LFs consumed: a record's line is 1 + the LFs before it, as an editor counts -- ``reader.line_num``
+    counts a CR inside a quoted cell as a line too, and every later row's line would be off by one."""
+
+    def __init__(self, text: str):
+        self._it = _CSV_LINE.finditer(text)
+        self.newlines = 0
+
+    def __iter__(self) -> "_CsvLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._it).group()
+        self.newlines += line.count("\n")
+        return line
+
+
 def _csv_rows(name: str, text: str, keep_unknown_fields: bool = False) -> Iterator[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    lines = _CsvLines(text)
+    reader = csv.reader(lines)
     try:
         header = next(reader)
     except csv.Error as e:
@@ -235,7 +256,7 @@ def _csv_rows(name: str, text: str, keep_unknown_fields: bool = False) -> Iterat
         raise FileFormatError(f"{name}:1: CSV header {header!r} names none of the request fields "
                               f"(id, subject, prompt, target_new, ...)")
     index = 0
-    start = reader.line_num + 1
+    start = lines.newlines + 1
     while True:
         try:
             cells = next(reader)
@@ -246,7 +267,7 @@ def _csv_rows(name: str, text: str, keep_unknown_fields: bool = False) -> Iterat
                       problems=[Problem("(record)", "parse_csv", f"cannot read the CSV row: {e}")])
             return
         origin = Origin(name, start, index, "csv")
-        start = reader.line_num + 1
+        start = lines.newlines + 1
         if not any(c.strip() for c in cells):
             continue
         index += 1
