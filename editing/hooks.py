@@ -40,6 +40,39 @@ def _replace_hidden(output, hidden: torch.Tensor):
     return hidden
 
 
+class StopForward(Exception):
+    """Raised by :func:`stop_after` to end a forward pass once the module it watches has run."""
+
+
+class stop_after:
+    """Within the block, a forward pass ends (``StopForward``) right after the module ``name`` runs: what the
+    layers above it would compute is not needed (a statistics pass over the keys of the lower layers). The
+    hook is registered last, so a :class:`Trace` on the same module records first.
+
+        with Trace(model, [name], retain_input=True) as tr, stop_after(model, name):
+            try:
+                model(ids)
+            except StopForward:
+                pass
+    """
+
+    def __init__(self, model: nn.Module, name: str):
+        self.module = model.get_submodule(name)
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> "stop_after":
+        def hook(module, inputs, output):
+            raise StopForward
+
+        self._handle = self.module.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
 class Trace:
     """Record inputs/outputs of named modules during forward passes; optionally rewrite outputs.
 

@@ -34,9 +34,34 @@ class ModelDirError(ValueError):
     """A directory is not a loadable model; the message names it and what is missing."""
 
 
-def load(model_dir: Path, device: str | None = None) -> tuple[nn.Module, Any]:
-    """(model in eval mode, tokenizer) from a local directory: safetensors only, nothing from the network."""
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_placement(device: str | None, dtype: str | None) -> None:
+    """ValueError naming ``device`` or ``dtype`` unless a model can be loaded there in that dtype."""
+    import torch
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device torch can use")
+
+
+def load(model_dir: Path, device: str | None = None, dtype: str | None = None) -> tuple[nn.Module, Any]:
+    """(model in eval mode, tokenizer) from a local directory: safetensors only, nothing from the network.
+
+    ``device``: where the model goes (``cpu``, ``cuda``, ``cuda:1``; default the CPU). ``dtype``: one of
+    :data:`DTYPES` to cast the weights to as they load (default: as stored)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -44,7 +69,9 @@ def load(model_dir: Path, device: str | None = None) -> tuple[nn.Module, Any]:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelDirError(f"{model_dir}: not a model directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+    check_placement(device, dtype)
+    extra = {"dtype": getattr(torch, dtype)} if dtype else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, **extra)
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as e:

@@ -36,7 +36,7 @@ from torch import nn
 from . import jsonl
 from .arch import edit_matrix, key_size, spec_for
 from .context import sample_ids
-from .hooks import Trace
+from .hooks import StopForward, Trace, stop_after
 from .store import Cache
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,14 @@ def compute_second_moments(model: nn.Module, layers: list[int], corpus: Corpus, 
             for r, s in enumerate(chunk):  # right padding: positions of real tokens are unchanged
                 ids[r, :len(s)] = torch.tensor(s)
                 att[r, :len(s)] = 1
-            with Trace(model, paths.values(), retain_input=True, retain_output=False) as tr:
+            # the pass ends at the highest layer's MLP: nothing above it (nor the logits) changes a key
+            with Trace(model, paths.values(), retain_input=True, retain_output=False) as tr, \
+                    stop_after(model, paths[max(layers)]):
                 with torch.autocast(device.type, dtype=_DTYPES[dtype], enabled=autocast):
-                    model(input_ids=ids.to(device), attention_mask=att.to(device))
+                    try:
+                        model(input_ids=ids.to(device), attention_mask=att.to(device))
+                    except StopForward:
+                        pass
             mask = att.bool().to(device)
             for i in layers:
                 k = tr[paths[i]].input[mask].float()  # (N, d_k) keys of real tokens only

@@ -300,3 +300,61 @@ def test_rome_on_the_sandbox_with_the_shipped_hparams(tmp_path, tiny_build):
     # and its training text, not text the model samples, is the default statistics corpus
     meta = json.loads((out / "edit.json").read_text())
     assert meta["stats_corpus"]["name"] == "stats_corpus.txt", meta["stats_corpus"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("flag,value,match", [("--dtype", "float8", "dtype 'float8': expected one of float32"),
+                                              ("--device", "tpu", "device 'tpu': expected cpu, cuda"),
+                                              ("--device", "not a device", "expected cpu, cuda")])
+def test_a_bad_device_or_dtype_exits_2_before_loading(tmp_path, base, files, flag, value, match):
+    r = _edit(tmp_path, base, files, "memit", flag, value)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert match in one_json(r)["error"]
+    assert not (tmp_path / "edited").exists()
+
+
+@pytest.mark.unit
+def test_cuda_is_refused_clearly_where_there_is_none(tmp_path, base, files):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = _edit(tmp_path, base, files, "memit", "--device", "cuda")
+    assert r.exit_code == 2 and "no CUDA device" in one_json(r)["error"], (r.stdout, r.stderr)
+
+
+@pytest.mark.slow
+def test_memit_on_the_sandbox_in_bfloat16_says_the_new_facts(tmp_path, tiny_build):
+    """--dtype bfloat16 on the CPU: the model is loaded, edited and written in bfloat16, and the written model
+    says every new capital (greedy) and keeps the other facts as the float32 edit does."""
+    import torch
+
+    from editing import modeldir
+    from editing.generate import greedy_complete
+    from sandbox.trainer import model_facts
+
+    facts = model_facts(tiny_build.path)
+    caps = [f for f in facts if f.relation == "capital"][:3]
+    rows = [{"id": f"c{i}", "subject": f.subject, "prompt": f.prompts[0], "target_new": caps[(i + 1) % 3].target,
+             "target_true": f.target} for i, f in enumerate(caps)]
+    req = _write_requests(tmp_path / "req.jsonl", rows)
+    answers = {}
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        r = invoke(tmp_path / "home", "edit", "--model", str(tiny_build.path), "--requests", str(req), "--method",
+                   "memit", "--out", str(out), "--dtype", dtype, "--json")
+        assert r.exit_code == 0, (r.stdout, r.stderr)
+        assert all(q["success"] for q in one_json(r)["requests"])
+        model, tok = modeldir.load(out)
+        assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+        said = {f.prompts[0].format(f.subject): greedy_complete(model, tok, f.prompts[0].format(f.subject),
+                                                                4)[0].strip() for f in facts}
+        for row in rows:
+            assert said[row["prompt"].format(row["subject"])].startswith(row["target_new"]), (dtype, row, said)
+        answers[dtype] = {(f.subject, f.relation): said[f.prompts[0].format(f.subject)].startswith(f.target)
+                          for f in facts
+                          if f.subject not in {c.subject for c in caps}}
+    # the other subjects' facts: those the float32 edit keeps, the bfloat16 one keeps (the text after an answer
+    # may differ in the last bits of a near-tie; the answers themselves do not)
+    assert sum(answers["float32"].values()) >= 0.95 * len(answers["float32"])
+    assert answers["bfloat16"] == answers["float32"]

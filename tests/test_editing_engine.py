@@ -418,6 +418,38 @@ def test_second_moments_match_a_direct_computation(tok):
     assert torch.allclose(got[0], K.T @ K, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_statistics_pass_stops_at_the_highest_layer_it_needs(family, tok):
+    """Nothing above the highest edited layer's MLP runs (no block above it, no logits), and every layer's sum
+    is the one a full forward pass gives."""
+    from editing.arch import spec_for
+    from editing.hooks import Trace
+
+    model = tiny_model(family, vocab=VOCAB)
+    spec = spec_for(model)
+    seqs = [tok(t)["input_ids"] for t in ["The capital of France is Paris.", "Rome is the capital of Italy."]]
+    ran = []
+    hooks = [model.get_submodule(spec.layer(2)).register_forward_hook(lambda *a: ran.append("layer 2")),
+             model.get_output_embeddings().register_forward_hook(lambda *a: ran.append("logits"))]
+    try:
+        got = compute_second_moments(model, [0, 1], Corpus("test", seqs, "x"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == []
+    names = [spec.mlp_out_at(0), spec.mlp_out_at(1)]
+    for s in seqs:
+        with Trace(model, names, retain_input=True) as tr:
+            logits = model(input_ids=torch.tensor([s])).logits
+        assert torch.isfinite(logits).all()  # hooks gone: the full pass runs again
+        for i, n in enumerate(names):
+            k = tr[n].input[0].double()
+            got[i] = (got[i][0] - k.T @ k, got[i][1] - len(s))
+    for i in (0, 1):
+        assert got[i][1] == 0
+        assert got[i][0].abs().max() < 1e-4
+
+
 def test_statistics_cache_is_keyed_by_upstream_weights(tok, tmp_path):
     model = tiny_model("gpt2", vocab=VOCAB)
     corpus = Corpus("test", [tok("The capital of France is Paris.")["input_ids"]] * 3, "c1")

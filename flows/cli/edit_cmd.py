@@ -106,6 +106,11 @@ def edit(
                                                 "ships its training text there), else text sampled from the "
                                                 "model itself."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists and is not empty."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where the model runs: cpu (default), cuda or "
+                                         "cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Load, edit and write the model in this dtype: "
+                                        "float32, bfloat16 or float16 (default: as stored). The solves run in "
+                                        "float64 whatever it is."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Edit facts into a model with ROME or MEMIT; write the edited model, its delta and an audit record."""
@@ -126,6 +131,7 @@ def edit(
         from flows import settings
         from validation.intake.validate import read_requests
 
+        modeldir.check_placement(device, dtype)  # before anything is read
         requests = [r.to_edit_request() for r in read_requests(requests_file)]
         hp, hp_path = (None, None) if hparams_file is None else H.resolve(method, hparams_file, model_dir)
         _check_files(list(corpus or []), "corpus")
@@ -135,7 +141,7 @@ def edit(
         with Phases(console) as phases:
             t0 = time.perf_counter()
             phases.start(f"loading {model_dir}")
-            model, tok = modeldir.load(model_dir)
+            model, tok = modeldir.load(model_dir, device, dtype)
             timings["load"] = time.perf_counter() - t0
             if hp is None:
                 hp, hp_path = H.resolve(method, None, model_dir, model)
