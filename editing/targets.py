@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import Trace
+from .hooks import StopForward, Trace, stop_after
 from .methods.base import TargetHparams
 from .requests import EditRequest
 from .tokens import encode_edit
@@ -218,16 +218,21 @@ def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Ten
         with torch.no_grad():
             # causal attention alone: a real token sees only the real tokens before it (the pads come after), and
             # a pad sees something, so no row is all-masked (a fully masked row can give NaN keys)
+            # (only the cache is wanted: the head runs on one position, not on every prefix token)
+            head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
             model(input_ids=pre_ids.to(device), attention_mask=torch.ones_like(pre_att).to(device),
-                  position_ids=torch.arange(P)[None].expand(B, P).to(device), use_cache=True, **{kw: cache})
+                  position_ids=torch.arange(P)[None].expand(B, P).to(device), use_cache=True, **{kw: cache}, **head)
         data = [tuple(layer) for layer in cache]  # (keys, values, sliding window) per layer
     pos = subj[:, None] + torch.arange(S)[None]
     pre = _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device),
                   (keep - subj.to(keep.device)[:, None]).clamp_min(0))
     if below is not None:
         extra = {kw: DynamicCache(data, config=model.config)} if data is not None else {}
-        with torch.no_grad(), Trace(model, [below.name]) as tr:
-            model(input_ids=pre.ids, attention_mask=pre.att, position_ids=pre.pos, use_cache=bool(extra), **extra)
+        with torch.no_grad(), Trace(model, [below.name]) as tr, stop_after(model, below.name):
+            try:  # the output of the blocks up to ``below.name``: nothing above it is needed
+                model(input_ids=pre.ids, attention_mask=pre.att, position_ids=pre.pos, use_cache=bool(extra), **extra)
+            except StopForward:
+                pass
         pre.hidden = tr[below.name].output
     return pre
 
@@ -305,6 +310,16 @@ def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: tor
     return torch.take_along_dim(model(input_ids=ids, attention_mask=att).logits, keep[..., None], dim=1)
 
 
+def _forward_to(model: nn.Module, module_name: str, ids: torch.Tensor, att: torch.Tensor) -> None:
+    """A forward pass that ends once ``module_name`` has run: the layers above it and the logits are not needed
+    to read its input or output (on GPT-2 small they were two thirds of the keys phase)."""
+    with stop_after(model, module_name):
+        try:
+            model(input_ids=ids, attention_mask=att)
+        except StopForward:
+            pass
+
+
 def _key_rows(tokenizer, requests: list[EditRequest], templates: list[str]) -> list[Row]:
     """The prompts a request's key is read on: each template wrapped around its prompt, and its other phrasings
     (the subject at the start of the text), which join its target too."""
@@ -322,7 +337,7 @@ def _each_key(model: nn.Module, tokenizer, module_name: str, rows: list[Row], ba
     for chunk in _batches(rows, batch_size):
         ids, att = _pad(chunk, _pad_id(tokenizer), device)
         with Trace(model, [module_name], retain_input=True, retain_output=False) as tr:
-            model(input_ids=ids, attention_mask=att)
+            _forward_to(model, module_name, ids, att)
         x = tr[module_name].input  # (B, T, d_k)
         for b, r in enumerate(chunk):
             yield r, x[b, r.subj].double().cpu()
@@ -369,7 +384,7 @@ def outputs_at_subject(model: nn.Module, tokenizer, module_name: str, requests: 
     for chunk in _batches(rows, batch_size):
         ids, att = _pad(chunk, _pad_id(tokenizer), device)
         with Trace(model, [module_name]) as tr:
-            model(input_ids=ids, attention_mask=att)
+            _forward_to(model, module_name, ids, att)
         h = tr[module_name].output  # (B, T, d)
         if out is None:
             out = torch.zeros(len(requests), h.shape[-1])
@@ -426,7 +441,6 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     rows = _rows(tokenizer, requests, templates, hp)
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
-    batches = _batches(rows, hp.batch_prompts)
     n_rewrite = torch.tensor([sum(1 for r in rows if r.req == j and r.kind == "rewrite") for j in range(n)],
                              dtype=torch.float32, device=device)  # (n,) rewrite rows per request
     # KL weight of each essence and keep row: each kind's mean over the request's rows, times its factor
@@ -441,14 +455,18 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     group = torch.tensor([subjects.index(r.subject) for r in requests], device=device)  # (n,) request -> δ row
     G = len(subjects)
 
-    # Pass 0 (δ = 0, no grad): h per request, and the essence distributions to keep.
+    # Pass 0 (δ = 0, no grad): h per request (on its bare prompt), and the essence and keep distributions to
+    # keep. Only those rows: the other rewrite rows are most of a batch, and nothing here needs them.
+    need = [rows[base_rows[j]] for j in range(n)] + [r for r in rows if r.kind != "rewrite"]
     init: torch.Tensor | None = None
     kl_ref: dict[int, torch.Tensor] = {}  # id(row) -> log p_before over the vocabulary
     with torch.no_grad():
-        for chunk in batches:
+        for chunk in _batches(need, hp.batch_prompts):
             ids, att = _pad(chunk, pad, device)
+            # the logits only where a KL row reads them (the head over every position was most of this pass)
+            last = torch.tensor([[max(r.start - 1, 0)] for r in chunk], device=device)  # (B, 1)
             with Trace(model, [module_name]) as tr:
-                logits = model(input_ids=ids, attention_mask=att).logits  # (B, T, V)
+                logits = _logits_at(model, ids, att, last)  # (B, 1, V)
             h = tr[module_name].output  # (B, T, d)
             if init is None:
                 init = torch.zeros(n, h.shape[-1], device=device)
@@ -456,7 +474,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 if r is rows[base_rows[r.req]]:
                     init[r.req] = h[b, r.subj].float()
                 if r.kind != "rewrite":
-                    kl_ref[id(r)] = F.log_softmax(logits[b, r.start - 1].float(), -1)
+                    kl_ref[id(r)] = F.log_softmax(logits[b, 0].float(), -1)
     assert init is not None
     # Per δ row: the mean ‖h‖ of its requests (one subject's prompts differ only in words around the subject).
     size = torch.zeros(G, device=device).index_add(0, group, torch.ones(n, device=device))  # (G,)

@@ -1,10 +1,11 @@
 """A pipeline run in a process of its own, for the fault and concurrency tests of tests/test_flows.py.
 
-    python -m tests.flow_worker INBOX NAME [--die-at gate|register|move] [--lock-timeout S]
+    python -m tests.flow_worker INBOX NAME [--die-at gate|register|move] [--die-after S] [--lock-timeout S]
 
 ``--die-at`` kills the process with SIGKILL (no cleanup, no ``finally``) at that point: in the gate (the edit
 is computed, nothing written), right after the registry created the version (before the ledger append that
-commits it), or while moving the first inbox file (after the commit). Prints the outcome as JSON otherwise.
+commits it), or while moving the first inbox file (after the commit). ``--die-after`` kills it S seconds after
+the run starts (its imports done), wherever it is then. Prints the outcome as JSON otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("inbox", type=Path)
     ap.add_argument("name")
     ap.add_argument("--die-at", choices=("gate", "register", "move"))
+    ap.add_argument("--die-after", type=float)
     ap.add_argument("--lock-timeout", type=float, default=0.0)
     args = ap.parse_args()
 
@@ -43,6 +45,10 @@ def main() -> None:
         import shutil
 
         shutil.move = _die
+    if args.die_after is not None:
+        import threading
+
+        threading.Timer(args.die_after, _die).start()
     out = pipeline.run(pipeline.RunOptions(name=args.name), args.inbox, open_store(), lock_timeout=args.lock_timeout)
     print(json.dumps({k: v for k, v in out.to_json().items() if k != "gate"}))
 

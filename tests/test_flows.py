@@ -1,5 +1,6 @@
 """The fact_update pipeline on the tiny sandbox and a real sqlite registry: end states, idempotency, the
-Prefect flow in-process through ``factsmith run``, kill -9 at three points, and two runs at once."""
+Prefect flow in-process through ``factsmith run``, kill -9 at three points and at random moments, four runs at
+once and a run on another model beside them."""
 
 from __future__ import annotations
 
@@ -215,25 +216,80 @@ def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(regi
     assert audit.verify(NAME, store).ok
 
 
-def test_two_runs_at_once_on_one_model_lose_no_edit(registry_home, tiny_build):
+def test_runs_killed_at_random_moments_then_rerun_lose_nothing(registry_home, tiny_build):
+    """Issue 24's chaos (bench/chaos.py, 20 trials on the demo sandbox), bounded: 4 trials of 2 capital swaps,
+    a row to quarantine and a copy of an applied request now and then; each trial's first run is killed with
+    SIGKILL at a random moment (seeded) drawn over a whole run's length, then the run is repeated to the end.
+    Then every version rebuilds and matches its hash, the versions form one line, every row has exactly one
+    end state, none is applied twice, no copy or bad row is applied, the inbox is empty and the audit verifies."""
+    import random
+
+    from bench.chaos import end_states
+    from flows import pipeline
     from registry import audit
-    from registry.versions import versions
 
     h, store = registry_home
     env = {**os.environ, "FACTSMITH_HOME": str(h)}
-    a, b = _write(h / "in-a" / "a.jsonl", _capitals(tiny_build, 12, 1)), _write(h / "in-b" / "b.jsonl",
-                                                                               _capitals(tiny_build, 14, 1))
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.flow_worker", str(p.parent), NAME, "--lock-timeout", "600"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for p in (a, b)]
+    rng = random.Random(24)
+    inbox = h / "inbox"
+    caps = _capitals(tiny_build, 0, 8)
+    written: dict[str, str] = {}
+    lengths: list[float] = []
+    kills = []
+    for t in range(4):
+        rows = caps[2 * t:2 * t + 2]
+        written.update((r["id"], "request") for r in rows)
+        if t % 2:
+            rows.append({"id": f"bad-{t}", "subject": "France", "prompt": "The capital of {} is",
+                         "target_new": "Paris", "target_true": "Paris"})  # new = old: quarantined
+            written[f"bad-{t}"] = "bad"
+        if t >= 2:
+            rows.append(dict(caps[0], id=f"copy-{t}"))  # an applied request again under another id
+            written[f"copy-{t}"] = "copy"
+        _write(inbox / f"trial-{t}.jsonl", rows)
+        if lengths:  # the first trial's run is not killed: it measures how long a run takes
+            delay = rng.uniform(0, 1.1 * max(lengths))
+            p = _worker(inbox, "--die-after", f"{delay:.2f}", env=env)
+            assert p.returncode in (0, -9), p.stderr[-2000:]
+            kills.append((round(delay, 2), p.returncode))
+        t0 = time.perf_counter()
+        pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
+        lengths.append(time.perf_counter() - t0)
+    print("kills (delay s, exit):", kills, "run lengths s:", [round(x, 1) for x in lengths])
+    assert sum(1 for _, rc in kills if rc == -9) >= 2, kills  # the draws (seed 24) kill most runs
+    res = end_states(NAME, store, inbox, written)
+    assert res["ok"], res
+    assert res["states"]["applied"] == 8 and res["states"]["quarantined"] == 2, res
+    assert audit.verify(NAME, store).ok
+
+
+def test_four_runs_at_once_on_one_model_lose_no_edit_and_another_model_does_not_wait(registry_home, tiny_build):
+    """Issue 24's concurrency (bench/concurrency.py), bounded: 4 processes on one model with 4 inboxes started
+    together make one line of versions, every request applied once; meanwhile a run on another model is not
+    refused by their lock (timeout 0: it would fail at once if it had to wait)."""
+    from flows import pipeline
+    from registry import audit
+    from registry import versions as V
+
+    h, store = registry_home
+    V.init(tiny_build.path, "other", store=store)
+    env = {**os.environ, "FACTSMITH_HOME": str(h)}
+    files = [_write(h / f"in-{i}" / f"{i}.jsonl", _capitals(tiny_build, 12 + 2 * i, 1)) for i in range(4)]
+    other = _write(h / "in-other" / "o.jsonl", [dict(r, id="other-1") for r in _capitals(tiny_build, 20, 1)])
     t0 = time.time()
+    with pipeline.run_lock(NAME, timeout=0):  # as if a run were editing NAME: the four start together and wait
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.flow_worker", str(p.parent), NAME, "--lock-timeout",
+                                   "600"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for p in files]
+        out = pipeline.run(pipeline.RunOptions(name="other"), other.parent, store, lock_timeout=0)
+        assert out.version == 2 and all(p.poll() is None for p in procs)
     outs = [p.communicate(timeout=900) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     got = sorted(json.loads(o[0].strip().splitlines()[-1])["version"] for o in outs)
-    assert got == [2, 3], (got, time.time() - t0)
-    vs = versions(NAME, store)
-    assert [(i.version, i.parent_version) for i in vs] == [(1, None), (2, 1), (3, 2)]  # the second built on the first
-    assert _applied_ids() == ["cap-12", "cap-14"]
+    assert got == [2, 3, 4, 5], (got, time.time() - t0)
+    vs = V.versions(NAME, store)
+    assert [(i.version, i.parent_version) for i in vs] == [(1, None), (2, 1), (3, 2), (4, 3), (5, 4)]
+    assert _applied_ids() == ["cap-12", "cap-14", "cap-16", "cap-18"]
     assert audit.verify(NAME, store).ok
 
 
