@@ -16,8 +16,9 @@ and 5. Per model and case, each phase of one edit:
   the same batches: the throughput ratio (issue 24's goal ≥ 0.8);
 * ``templates`` (the context prefixes sampled from the model), ``keys`` (with MEMIT, the subject's output at
   the top layer, read per layer), ``targets`` (the v* / z optimisation) as seconds per Adam step — each case runs
-  ``--steps`` steps (the stop criterion off) and the step cost is the difference of two runs, so the fixed
-  part (the prefix cache, the KL references) is reported apart — and ``solve``;
+  ``--steps`` steps (the stop criterion off), each timed inside the optimisation; the step cost is the median
+  of all but the first, and the fixed part (the bare prompts' and KL rows' pass, the prefix cache) is the rest
+  of the phase — and ``solve``;
 * the peak memory of each case (CPU RSS reset per case; CUDA max allocated) and the tokens one step runs.
 
 From the curves, ``projection`` gives MEMIT 10,000 edits on GPT-J 6B (layers 3-8, 25 steps) on this machine and
@@ -31,7 +32,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,31 +144,13 @@ def stats_row(name, model, layers: list[int], tokens: int, device: str, repeat: 
             "stats_vs_forward": f / s, "stats_tokens": n_tok, "stats_layers": layers}
 
 
-class TokenCount:
-    """Token positions that run through one block (a forward pre-hook): what a target step computes."""
-
-    def __init__(self, model, block: int):
-        from editing.arch import spec_for
-
-        self.n = 0
-        mod = model.get_submodule(spec_for(model).layer(block))
-        self.h = mod.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        x = args[0] if args else kwargs.get("hidden_states")
-        self.n += int(x.shape[0] * x.shape[1])
-
-    def close(self) -> None:
-        self.h.remove()
-
-
 def case_row(name, model, tok, case: str, steps: int, device: str, store) -> dict[str, Any]:
     """One edit of ``case`` with ``steps`` and with 1 target step: phase times, step cost, peak memory."""
     import torch
 
     from editing import hparams as H
     from editing import methods
-    from editing.arch import key_size, n_layers
+    from editing.arch import key_size
     from editing.context import context_templates
     from editing.hparams import with_changes
     from editing.methods.base import Inputs
@@ -191,29 +173,27 @@ def case_row(name, model, tok, case: str, steps: int, device: str, store) -> dic
         covs[layer] = a @ a.T + 1e-2 * torch.eye(d_k, dtype=torch.float64)
     out: dict[str, Any] = {"model": name, "case": f"{name}/{case}", "method": method, "edits": n, "layers": layers,
                            "d_k": d_k}
-    z_layer = layers[-1]
-    timings, tokens = {}, {}
     with C.PeakMemory(device) as mem:
         t0 = time.perf_counter()
         templates = context_templates(model, tok, base.target.context_templates, store, f"random-{name}")
         out["templates_s"] = time.perf_counter() - t0
-        for s in (1, steps):
-            hp = with_changes(base, **common, target__v_steps=s)
-            counter = TokenCount(model, min(z_layer + 1, n_layers(model) - 1))
-            try:
-                sync(device)
-                res = methods.of(hp).compute(Inputs(model, tok, reqs, hp, templates, covs, lambda *a: None))
-                sync(device)
-            finally:
-                counter.close()
-            timings[s], tokens[s] = dict(res.timings), counter.n
+        hp = with_changes(base, **common, target__v_steps=steps)
+        sync(device)
+        res = methods.of(hp).compute(Inputs(model, tok, reqs, hp, templates, covs, lambda *a: None))
+        sync(device)
     out.update(mem.read())
-    t1, tS = timings[1], timings[steps]
-    per_step = (tS["targets"] - t1["targets"]) / (steps - 1)
-    out["step_tokens"] = (tokens[steps] - tokens[1]) // (steps - 1)  # positions one step runs above the z layer
-    out.update({"steps": steps, "target_step_s": per_step, "target_fixed_s": max(0.0, t1["targets"] - per_step),
-                "targets_s": tS["targets"], "keys_s": tS["keys"], "solve_s": tS["solve"],
-                "target_step_s_per_edit": per_step / n})
+    t = res.timings
+    step_s = (res.details["target_step_seconds"] if method == "memit"
+              else res.details["per_request"][0]["step_seconds"])  # each step's passes, timed inside
+    assert len(step_s) == steps, step_s
+    per_step = statistics.median(step_s[1:])  # the first step also allocates what the others reuse
+    out.update({"steps": steps, "step_seconds": step_s, "target_step_s": per_step,
+                "target_fixed_s": t["targets"] - sum(step_s), "targets_s": t["targets"], "keys_s": t["keys"],
+                "solve_s": t["solve"], "target_step_s_per_edit": per_step / n})
+    # positions one step runs above the z layer: each row from its subject's last token on (padding aside)
+    from editing.targets import _rows
+
+    out["step_tokens"] = sum(len(r.ids) - r.subj for r in _rows(tok, reqs, templates, hp.target))
     return out
 
 
@@ -233,8 +213,8 @@ def flops_row(row: dict[str, Any], model) -> dict[str, Any]:
             if row["target_step_s"] > 0 else None}
 
 
-def projection(rows: list[dict], stats_rows: list[dict], gpu_tflops: float) -> dict[str, Any]:
-    """MEMIT 10,000 edits on GPT-J 6B from the measured curves: on this machine, and on one GPU at
+def projection(rows: list[dict], stats_rows: list[dict], gpu_tflops: list[float]) -> dict[str, Any]:
+    """MEMIT 10,000 edits on GPT-J 6B from the measured curves: on this machine, and on one GPU at each of
     ``gpu_tflops`` sustained for the forward/backward phases."""
     memit = [r for r in rows if r["method"] == "memit" and r.get("step_gflops_achieved")]
     if not memit:
@@ -255,21 +235,26 @@ def projection(rows: list[dict], stats_rows: list[dict], gpu_tflops: float) -> d
     # keys: measured seconds per edit per parameter of the largest model, scaled by GPT-J's parameters
     top = max(big, key=lambda r: r["params"])
     keys_s = top["keys_s"] / top["edits"] / top["params"] * (L * block) * n
+    # the target optimisation's fixed part (the bare prompts' and KL rows' pass, the prefix cache): the same
+    fixed_s = top["target_fixed_s"] / top["edits"] / top["params"] * (L * block) * n
     # solve: float64 on the CPU whatever the device; seconds per layer ~ c d_k³ (fitted), plus K Kᵀ over n keys
     c = statistics.median(r["solve_s"] / len(r["layers"]) / r["d_k"] ** 3 for r in memit)
     dk = GPTJ["d_k"]
     solve_s = len(GPTJ["edit_layers"]) * (c * dk ** 3 + c * 3 * dk * dk * n)
-    cpu = {"targets_h": target_flop / cpu_rate / 3600, "stats_h": stats_flop / stats_rate / 3600,
-           "keys_h": keys_s / 3600, "solve_h": solve_s / 3600}
+    cpu = {"targets_h": target_flop / cpu_rate / 3600, "targets_fixed_h": fixed_s / 3600,
+           "stats_h": stats_flop / stats_rate / 3600, "keys_h": keys_s / 3600, "solve_h": solve_s / 3600}
     cpu["total_h"] = sum(cpu.values())
-    gpu_rate = gpu_tflops * 1e12
-    gpu = {"targets_h": target_flop / gpu_rate / 3600, "stats_h": stats_flop / gpu_rate / 3600,
-           "keys_h": keys_s * cpu_rate / gpu_rate / 3600, "solve_h_on_this_cpu": solve_s / 3600}
-    gpu["total_h"] = sum(gpu.values())
+    gpus = {}
+    for tf in gpu_tflops:  # the CPU-measured phases scaled by the ratio of rates; the solve stays on the CPU
+        r = cpu_rate / (tf * 1e12)
+        g = {"targets_h": target_flop / (tf * 1e12) / 3600, "targets_fixed_h": fixed_s * r / 3600,
+             "stats_h": stats_flop / (tf * 1e12) / 3600, "keys_h": keys_s * r / 3600, "solve_h_on_this_cpu": solve_s / 3600}
+        g["total_h"] = sum(g.values())
+        gpus[f"{tf:g} TFLOP/s"] = g
     return {"model": "GPT-J 6B", "edits": n, "steps": steps, "edit_layers": GPTJ["edit_layers"],
             "tokens_per_edit_step": tok_per_edit, "target_pflop": target_flop / 1e15, "stats_pflop": stats_flop / 1e15,
             "this_machine": cpu, "cpu_gflops_targets": cpu_rate / 1e9, "cpu_gflops_stats": stats_rate / 1e9,
-            "gpu_assumed_tflops": gpu_tflops, "one_gpu": gpu,
+            "one_gpu_at": gpus,
             "memit_paper": "7.44 h in all, 6.54 h of it the target vectors (GPT-J, 10,000 edits, one A6000)"}
 
 
@@ -307,14 +292,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
-    ap.add_argument("--steps", type=int, default=3, help="target steps of the timed run (a 1-step run is subtracted)")
+    ap.add_argument("--steps", type=int, default=3, help="target steps per case (each timed; the median of all but the "
+                                                          "first is the step cost)")
     ap.add_argument("--stats-tokens", type=int, default=1024, help="tokens of the statistics / forward comparison")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side of the statistics comparison (best)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--gpu-tflops", type=float, default=300.0,
-                    help="sustained TFLOP/s assumed for the projection on one GPU (bfloat16 forward/backward)")
+    ap.add_argument("--gpu-tflops", default="50,300",
+                    help="sustained TFLOP/s assumed for the projection on one GPU, comma-separated (50: float32 "
+                         "and small batches; 300: bfloat16 near a third of an H100's dense peak)")
     ap.add_argument("--out", type=Path, default=C.RESULTS / "scale.json")
     ap.add_argument("--plot", type=Path, default=C.RESULTS / "scale.png")
     args = ap.parse_args()
@@ -327,7 +314,7 @@ def main() -> None:
         if c not in CASES:
             C.die(f"unknown case {c!r}; choose from {', '.join(CASES)}")
     if args.steps < 2:
-        C.die("--steps must be at least 2 (a 1-step run is subtracted)")
+        C.die("--steps must be at least 2 (the first step is not counted)")
     if not (TOKENIZER / "vocab.json").is_file() or not C.COUNTERFACT.is_file():
         C.die(f"needs the GPT-2 tokenizer ({TOKENIZER}) and CounterFact ({C.COUNTERFACT}); set FACTSMITH_SHARED_DATA")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -372,7 +359,7 @@ def main() -> None:
     order = list(SHAPES)
     rows.sort(key=lambda r: (order.index(r["model"]), list(CASES).index(r["case"].split("/")[1])))
     stats_rows.sort(key=lambda r: order.index(r["model"]))
-    proj = projection(rows, stats_rows, args.gpu_tflops)
+    proj = projection(rows, stats_rows, [float(x) for x in args.gpu_tflops.split(",") if x])
     meta = {"machine": C.platform.machine(), "cpus": C.os.cpu_count(), "threads": args.threads,
             "device": args.device, "dtype": args.dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "command": C.command_line("bench.scale"), "steps": args.steps}
@@ -389,8 +376,9 @@ def main() -> None:
                    ("step_tokens", "positions/step", "n"), ("solve_s", "solve", "s"), ("peak_mem_mb", "peak MB", "n")])
     if proj:
         print("\nprojection, MEMIT 10,000 edits on GPT-J 6B:")
-        for where in ("this_machine", "one_gpu"):
-            print(f"  {where}: " + ", ".join(f"{k} {v:.2f}" for k, v in proj[where].items()))
+        for where, g in [("this machine", proj["this_machine"])] + [(f"one GPU at {k}", v)
+                                                                     for k, v in proj["one_gpu_at"].items()]:
+            print(f"  {where}: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
     try:
         plot(rows, stats_rows, args.plot)
         print(f"wrote {args.out} and {args.plot}")

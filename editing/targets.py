@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -402,6 +402,7 @@ class Targets:
     loss: list[float]  # final total loss per request
     steps: list[int]  # optimisation steps each request took
     seconds: float
+    step_seconds: list[float] = field(default_factory=list)  # each step's forward and backward passes, in order
 
 
 def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: TargetHparams) -> list[Row]:
@@ -495,6 +496,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(G, dtype=torch.bool, device=device)
     steps = [0] * n
+    step_seconds: list[float] = []
     nll_out = [float("nan")] * n
     loss_out = [float("nan")] * n
     saved = [p.requires_grad for p in model.parameters()]
@@ -505,6 +507,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     try:
         chunks = plan(rows)
         for it in range(hp.v_steps):
+            t_step = time.perf_counter()
             opt.zero_grad()
             nll_sum = torch.zeros(n, device=device)
             kl_sum = torch.zeros(n, device=device)  # weighted: kl_factor and keep_factor applied
@@ -557,6 +560,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                 reached = torch.zeros(G, device=device).index_add(0, group, loss) / size < hp.early_stop_loss
             newly = (~done) & reached
             done |= newly
+            step_seconds.append(time.perf_counter() - t_step)
             if bool(done.all()) or it == hp.v_steps - 1:
                 break
             if bool(newly.any()):
@@ -578,4 +582,5 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
         model.train(was_training)
     seconds = time.perf_counter() - t0
     log.info("targets of %d requests in %.2f s (steps %s)", n, seconds, steps)
-    return Targets(delta.detach()[group].float(), init.detach().float(), nll_out, loss_out, steps, seconds)
+    return Targets(delta.detach()[group].float(), init.detach().float(), nll_out, loss_out, steps, seconds,
+                   step_seconds)

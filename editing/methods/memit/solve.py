@@ -68,6 +68,7 @@ class MemitTimes:
     solve: float = 0.0
     target_steps: list[int] = field(default_factory=list)
     target_nll: list[float] = field(default_factory=list)
+    target_step_seconds: list[float] = field(default_factory=list)  # the batched optimisation's steps, in order
     # per request, the share of its target residual z − h the update realises: ((z_edited − h) · (z − h)) / ‖z − h‖²
     # at the last edited layer's output, the subject's last token of the bare prompt (1.0: all of it)
     realized: list[float] = field(default_factory=list)
@@ -144,7 +145,7 @@ def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Memit
             a.revert()
     out = MemitTimes(targets=times.targets, keys=times.keys, solve=times.solve,
                      target_steps=[0] * len(requests), target_nll=[0.0] * len(requests),
-                     realized=[0.0] * len(requests), realize_rounds=times.realize_rounds, sub_batches=0,
+                     target_step_seconds=times.target_step_seconds, realized=[0.0] * len(requests), realize_rounds=times.realize_rounds, sub_batches=0,
                      init=torch.zeros_like(times.init), want=torch.zeros_like(times.want))
     for idx, _, t in parts:
         out.targets += t.targets
@@ -169,7 +170,7 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
     if hp.batched_targets:
         tg = optimize_targets(model, tokenizer, z_name, requests, templates, hp.target)
         delta_z, init = tg.delta, tg.init
-        times.target_steps, times.target_nll = tg.steps, tg.nll
+        times.target_steps, times.target_nll, times.target_step_seconds = tg.steps, tg.nll, tg.step_seconds
     else:  # the reference's loop over edits, kept to measure the batched optimisation against
         parts = [optimize_targets(model, tokenizer, z_name, [r], templates, hp.target) for r in requests]
         delta_z = torch.cat([p.delta for p in parts])
@@ -231,4 +232,5 @@ def run(x: Inputs) -> Output:
                         progress=lambda what: x.emit("solve", {"step": what}))
     return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve},
                   {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
+                   "target_step_seconds": tm.target_step_seconds,
                    "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches})

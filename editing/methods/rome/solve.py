@@ -81,6 +81,7 @@ def compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: RomeHp
             times.solve += t3 - t2
             times.per_request.append({"id": req.id, "steps": tg.steps[0], "nll": tg.nll[0], "loss": tg.loss[0],
                                       "delta_norm": float(tg.delta[0].norm()), "h_norm": float(tg.init[0].norm()),
+                                      "step_seconds": tg.step_seconds,
                                       "seconds": round(t3 - t0, 4)})
             if progress:
                 progress(i + 1, len(requests))
