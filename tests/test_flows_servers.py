@@ -8,130 +8,21 @@ skipped."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
+
+from bench.servers import BIN, REPO, free_port, mlflow_server, postgres, started, wait_http
 
 from .test_flows import _capitals, _write
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NAME = "tiny"
 POOL = "factsmith-test"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url}: the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{url}: not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-@contextmanager
-def _started(cmd: list[str], env: dict, log: Path):
-    """A process in its own group, stopped (SIGINT twice, then SIGKILL) with its children at the end."""
-    with open(log, "w") as fh:
-        p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield p
-    finally:
-        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
-            if p.poll() is not None:
-                break
-            try:
-                os.killpg(p.pid, sig)
-                p.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait(timeout=30)
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    cands = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return cands[-1] if cands else None
-
-
-@contextmanager
-def _postgres(password: str):
-    """A private PostgreSQL cluster on 127.0.0.1 with databases ``mlflow`` and ``mlflow_auth``; yields the URI of
-    the first (None where the server binaries are absent). Run as the ``postgres`` user when this is root (the
-    server refuses root). Stopped (immediate) at the end."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        yield None
-        return
-    as_user: list[str] = []
-    tmp = Path(tempfile.mkdtemp(prefix="factsmith-pg-"))  # not under pytest's directories: they are 0700 root
-    data = tmp / "pgdata"
-    data.mkdir()
-    pw = tmp / "pgpass"
-    pw.write_text(password + "\n")
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            u = pwd.getpwnam("postgres")
-        except KeyError:
-            yield None
-            return
-        as_user = ["runuser", "-u", "postgres", "--"]
-        for p in (data, pw):
-            os.chown(p, u.pw_uid, u.pw_gid)
-        os.chmod(tmp, 0o755)
-    port = _port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "factsmith", "-A", "scram-sha-256", f"--pwfile={pw}",
-                              "-E", "UTF8", "--no-instructions"], check=True, capture_output=True, timeout=120)
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60", "-o",
-                              f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, timeout=120)
-    try:
-        import psycopg2
-
-        con = psycopg2.connect(host="127.0.0.1", port=port, user="factsmith", password=password, dbname="postgres")
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute("CREATE DATABASE mlflow")
-            cur.execute("CREATE DATABASE mlflow_auth")
-        con.close()
-        yield f"postgresql+psycopg2://factsmith:{password}@127.0.0.1:{port}"
-    finally:
-        subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -147,7 +38,7 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     from .test_flows import write_mechanics_policy
 
     write_mechanics_policy(h)
-    mport, pport = _port(), _port()
+    mport, pport = free_port(), free_port()
     admin_pw = "s3cret-admin-pw"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(FACTSMITH_HOME=str(h), HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
@@ -158,7 +49,7 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     # Romania -> Ottawa: an edit the gate passes. The Czech Republic -> Washington, D.C. (fact 16) is refused on
     # generalization (0.0: the argmax stop leaves no margin and the held-out phrasings answer Prague)
     _write(inbox / "a.jsonl", _capitals(tiny_build, 17, 1))
-    with _postgres("pg-pw-1") as pg:
+    with postgres("pg-pw-1") as pg:
         _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch)
     if pg is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) or a 'postgres' user are absent: the servers ran on "
@@ -167,27 +58,16 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
 
 def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch):
     backend = f"{pg}/mlflow" if pg else f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport), "--workers", "1",
-                  "--backend-store-uri", backend, "--serve-artifacts",
-                  "--artifacts-destination", str(tmp_path / "mlartifacts")]
-    menv = dict(env)
-    if pg:  # basic auth, its users in PostgreSQL too
-        (tmp_path / "auth.ini").write_text(
-            f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {pg}/mlflow_auth\nadmin_username = admin\n"
-            f"admin_password = {admin_pw}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-        mlflow_cmd[2:2] = ["--app-name", "basic-auth"]
-        menv.update(MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-test-key")
-        env.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_pw)
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)]
-    with _started(mlflow_cmd, menv, tmp_path / "mlflow.log") as ml, \
-            _started(prefect_cmd, env, tmp_path / "prefect.log") as pf:
-        _wait_http(f"http://127.0.0.1:{mport}/health", ml, tmp_path / "mlflow.log")
-        _wait_http(f"http://127.0.0.1:{pport}/api/health", pf, tmp_path / "prefect.log")
+    with mlflow_server(tmp_path, backend, env, pg, admin_pw, port=mport) as client, \
+            started(prefect_cmd, env, tmp_path / "prefect.log") as pf:
+        env.update(client)
+        wait_http(f"http://127.0.0.1:{pport}/api/health", pf, tmp_path / "prefect.log")
         _run([str(BIN / "factsmith"), "registry", "init", "--model", str(tiny_build.path), "--name", NAME, "--json"], env)
         _run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], env)
         denv = {**env, "FACTSMITH_WORK_POOL": POOL, "FACTSMITH_INBOX": str(inbox), "FACTSMITH_MODEL": NAME}
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], denv)
-        with _started([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"], env,
+        with started([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"], env,
                       tmp_path / "worker.log"):
             r = _run([str(BIN / "prefect"), "deployment", "run", "fact_update/fact-update", "--watch",
                       "--watch-timeout", "600"], env, timeout=700)
