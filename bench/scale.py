@@ -251,7 +251,24 @@ def projection(rows: list[dict], stats_rows: list[dict], gpu_tflops: list[float]
              "stats_h": stats_flop / (tf * 1e12) / 3600, "keys_h": keys_s * r / 3600, "solve_h_on_this_cpu": solve_s / 3600}
         g["total_h"] = sum(g.values())
         gpus[f"{tf:g} TFLOP/s"] = g
-    return {"model": "GPT-J 6B", "edits": n, "steps": steps, "edit_layers": GPTJ["edit_layers"],
+    # memory: what one more edit of a batch costs (the prefix cache of its rows at every layer, and the step's
+    # activations grow with d x layers), from the largest model measured at two batch sizes; the whole batch
+    # does not fit one GPU, so the requests are optimised in chunks (their targets are independent)
+    mem = {}
+    by_model: dict[str, dict[int, float]] = {}
+    for r in memit:
+        by_model.setdefault(r["model"], {})[r["edits"]] = r["peak_mem_mb"]
+    two = [(m, v) for m, v in by_model.items() if len(v) >= 2]
+    if two:
+        m, v = max(two, key=lambda mv: next(r["params"] for r in memit if r["model"] == mv[0]))
+        (a, pa), (b, pb) = sorted(v.items())[0], sorted(v.items())[-1]
+        shape = SHAPES[m][1]
+        width, depth = shape.get("n_embd") or shape["hidden_size"], shape.get("n_layer") or shape["num_hidden_layers"]
+        per_edit = (pb - pa) / (b - a) * (d * L) / (width * depth)  # MB, float32
+        mem = {"from": m, "mb_per_edit_measured": (pb - pa) / (b - a), "gptj_mb_per_edit_float32": per_edit,
+               "gptj_weights_gb_bfloat16": 12 * L * d * d * 2 / 1e9 + 2 * GPTJ["vocab"] * d * 2 / 1e9,
+               "edits_per_chunk_80gb_bfloat16": int((80e3 - 12.5e3) / (per_edit / 2))}
+    return {"model": "GPT-J 6B", "edits": n, "steps": steps, "edit_layers": GPTJ["edit_layers"], "memory": mem,
             "tokens_per_edit_step": tok_per_edit, "target_pflop": target_flop / 1e15, "stats_pflop": stats_flop / 1e15,
             "this_machine": cpu, "cpu_gflops_targets": cpu_rate / 1e9, "cpu_gflops_stats": stats_rate / 1e9,
             "one_gpu_at": gpus,
@@ -288,6 +305,24 @@ def plot(rows: list[dict], stats_rows: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def save(args, rows: list[dict], stats_rows: list[dict]) -> dict[str, Any]:
+    """Sort the rows, project, write the JSON; returns the projection."""
+    import torch
+
+    order = list(SHAPES)
+    rows.sort(key=lambda r: (order.index(r["model"]), list(CASES).index(r["case"].split("/")[1])))
+    stats_rows.sort(key=lambda r: order.index(r["model"]))
+    proj = projection(rows, stats_rows, [float(x) for x in args.gpu_tflops.split(",") if x])
+    meta = {"machine": C.platform.machine(), "cpus": C.os.cpu_count(), "threads": args.threads,
+            "device": args.device, "dtype": args.dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "command": C.command_line("bench.scale"), "steps": args.steps}
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        meta["gpu"] = torch.cuda.get_device_name()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "stats": stats_rows, "rows": rows, "projection": proj}, indent=2) + "\n")
+    return proj
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
@@ -304,6 +339,8 @@ def main() -> None:
                          "and small batches; 300: bfloat16 near a third of an H100's dense peak)")
     ap.add_argument("--out", type=Path, default=C.RESULTS / "scale.json")
     ap.add_argument("--plot", type=Path, default=C.RESULTS / "scale.png")
+    ap.add_argument("--report", action="store_true",
+                    help="measure nothing: recompute the projection, tables and plot from --out")
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     cases = [c for c in args.cases.split(",") if c]
@@ -332,6 +369,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     keep = lambda rs, done: [r for r in rs if r["model"] not in done]  # noqa: E731
+    if args.report:
+        models = []
     rows, stats_rows = keep(old.get("rows", []), models), keep(old.get("stats", []), models)
     with tempfile.TemporaryDirectory() as tmp:
         store = Cache(Path(tmp))
@@ -352,21 +391,12 @@ def main() -> None:
                 r.update({"params": n_params, "dtype": args.dtype, "device": args.device})
                 r.update(flops_row(r, model))
                 rows.append(r)
+                save(args, rows, stats_rows)  # after every case: a crash (memory) keeps what was measured
                 print(f"  {case}: step {r['target_step_s']:.2f} s ({r['step_tokens']} positions, "
                       f"{r['step_gflops_achieved'] or 0:.1f} GFLOP/s), fixed {r['target_fixed_s']:.2f} s, keys "
                       f"{r['keys_s']:.2f} s, solve {r['solve_s']:.2f} s, peak {r['peak_mem_mb']:.0f} MB", flush=True)
             del model
-    order = list(SHAPES)
-    rows.sort(key=lambda r: (order.index(r["model"]), list(CASES).index(r["case"].split("/")[1])))
-    stats_rows.sort(key=lambda r: order.index(r["model"]))
-    proj = projection(rows, stats_rows, [float(x) for x in args.gpu_tflops.split(",") if x])
-    meta = {"machine": C.platform.machine(), "cpus": C.os.cpu_count(), "threads": args.threads,
-            "device": args.device, "dtype": args.dtype, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "command": C.command_line("bench.scale"), "steps": args.steps}
-    if args.device.startswith("cuda") and torch.cuda.is_available():
-        meta["gpu"] = torch.cuda.get_device_name()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "stats": stats_rows, "rows": rows, "projection": proj}, indent=2) + "\n")
+    proj = save(args, rows, stats_rows)
     print()
     C.table(stats_rows, [("model", "model", ""), ("params", "params", "n"), ("stats_s_per_1k_tokens", "stats s/1k tok", "s"),
                          ("forward_s_per_1k_tokens", "forward s/1k tok", "s"), ("stats_vs_forward", "ratio", "x")])
@@ -379,6 +409,11 @@ def main() -> None:
         for where, g in [("this machine", proj["this_machine"])] + [(f"one GPU at {k}", v)
                                                                      for k, v in proj["one_gpu_at"].items()]:
             print(f"  {where}: " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
+        if proj.get("memory"):
+            m = proj["memory"]
+            print(f"  memory: {m['mb_per_edit_measured']:.0f} MB per edit of a batch on {m['from']}, "
+                  f"{m['gptj_mb_per_edit_float32']:.0f} MB on GPT-J (float32): chunks of "
+                  f"{m['edits_per_chunk_80gb_bfloat16']} edits on an 80 GB GPU in bfloat16")
     try:
         plot(rows, stats_rows, args.plot)
         print(f"wrote {args.out} and {args.plot}")
