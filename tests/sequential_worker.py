@@ -22,6 +22,10 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     from editing.store import Cache
 
     torch.set_num_threads(1)
+    import signal
+
+    # SIGUSR1: the other worker beside this one has finished, take both cores
+    signal.signal(signal.SIGUSR1, lambda *_: torch.set_num_threads(2))
     base, tok = modeldir.load(model_dir, "cpu")
     facts = G.model_facts(model_dir)
     raw = world_requests(model_dir, runs * per, seed=0)
