@@ -10,7 +10,9 @@ The gate runs on every run with its thresholds off (every version registers; its
 blocking: the point is to watch a method collapse, not to stop it). After each run, on the registered version
 (rebuilt from the registry and verified), greedy decoding as the gate judges it:
 
-* retention -- share of all edits so far whose prompt says the new target; paraphrase likewise on their
+* retention -- share of all edits so far whose prompt says the new target; realised retention -- of the edits
+  said right after their own run (those the run realised), the share still said; batch efficacy -- the share of
+  this run's own edits said; paraphrase likewise on their
   paraphrases; neighbourhood -- share of their neighbourhood prompts that still say the original answer, of
   those the unedited model says (so 1.0 is the unedited model's level), less any fact edited since; subject
   locality -- the edited subjects' other facts (the sandbox's, or the relation catalogue's phrasings the unedited
@@ -174,16 +176,22 @@ def run_method(method: str, args, bench, requests: list, facts: list, others: li
         with torch.no_grad():
             parts = [p.score(model, tok) for p in current]
         said = G.summarize_greedy(parts)
+        now = "".join("1" if x else "0" for p in parts for x in p["rewrite"])  # every edit so far, in order
+        own = "".join(r["said"][(r["run"] - 1) * args.per_run:r["run"] * args.per_run] for r in rows)
+        own += now[k * args.per_run:]  # each edit as said right after its own run: the edits it realised
+        held = [a == "1" for a, b in zip(now, own) if b == "1"]
         other = G.greedy_says(model, tok, [p for p, _ in others], [t for _, t in others])
         gate = out.gate.metrics if out.gate is not None else {}
         row = {"method": method, "run": k + 1, "edits": sum(len(p.rewrite) for p in probes),
                "applied": out.counts()["applied"], "version": version,
-               "retention": said["efficacy_greedy"], "paraphrase": said["paraphrase_greedy"],
+               "retention": said["efficacy_greedy"], "batch_efficacy": C.share([x == "1" for x in now[k * args.per_run:]]),
+               "realised": len(held), "realised_retention": C.share(held), "paraphrase": said["paraphrase_greedy"],
                "neighbourhood": said["neighbourhood_greedy"], "subject_locality": said["subject_locality"],
                "other_facts_kept": C.share(other), "max_norm_growth": norm_growth(base, model),
                "seconds": round(seconds, 2), "state_bytes": int(info.tags.get("state_bytes") or 0),
                "gate": {m: gate.get(m) for m in ("reliability", "generalization", "subject_locality", "locality",
-                                                 "retention", "perplexity_ratio")}}
+                                                 "retention", "perplexity_ratio")},
+               "said": now}
         if resumed:
             row["resumed"] = True  # its seconds are the finishing run's only
         rows.append(row)
@@ -231,12 +239,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ("retention", "paraphrase", "neighbourhood", "subject_locality", "other_facts_kept", "max_norm_growth")
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    cols = ("retention", "realised_retention", "batch_efficacy", "paraphrase", "neighbourhood", "subject_locality",
+            "other_facts_kept", "max_norm_growth")
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
     for ax, col in zip(axes.flat, cols):
         for m in dict.fromkeys(r["method"] for r in rows):
             xs = [r for r in rows if r["method"] == m]
-            ax.plot([r["edits"] for r in xs], [r[col] for r in xs], marker=".", label=m)
+            ax.plot([r["edits"] for r in xs], [r.get(col) for r in xs], marker=".", label=m)
         ax.set_title(col.replace("_", " "))
         ax.set_xlabel("edits so far")
         if col != "max_norm_growth":
@@ -293,21 +302,38 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
 
+    from editing.delta import weights_sha256
+
+    same = {"model_sha256": weights_sha256(bench.model), "requests_digest": C.ids_digest(requests),
+            "per_run": args.per_run, "seed": args.seed}
+    # A method's runs can take a session of their own: the rows of methods not run this time are kept from the
+    # file when they were measured on the same model, requests and batch size (each row has its date).
+    kept: list[dict[str, Any]] = []
+    if args.out.is_file():
+        old = json.loads(args.out.read_text(encoding="utf-8"))
+        if all(old["meta"].get(k) == v for k, v in same.items()):
+            kept = [r for r in old["rows"] if r["method"] not in methods]
+    today = time.strftime("%Y-%m-%d")
+
     def save(current: list[dict[str, Any]]) -> None:  # after every run: a long bench shows its curves as it goes
         meta = C.meta(args, C.command_line("bench.sequential"),
-                      {"methods": methods, "runs": args.runs, "per_run": args.per_run, "requests": len(requests),
+                      {"methods": methods, "runs": args.runs, "requests": len(requests),
                        "world": bool(args.world), "model_dir": str(bench.model_dir), "others": len(others),
-                       "work": str(work), "seconds": round(time.perf_counter() - t0, 1)})
+                       "work": str(work), "seconds": round(time.perf_counter() - t0, 1), **same,
+                       "kept_methods": sorted({r["method"] for r in kept})})
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows + current}, indent=1) + "\n", encoding="utf-8")
-        plot(rows + current, args.out.with_suffix(".png"))
+        out = kept + [{**r, "date": r.get("date", today)} for r in rows + current]
+        args.out.write_text(json.dumps({"meta": meta, "rows": out}, indent=1) + "\n", encoding="utf-8")
+        plot(out, args.out.with_suffix(".png"))
 
     for m in methods:
         rows += run_method(m, args, bench, requests, facts, others, by_method.get(m), work, save)
         save([])
+    rows = kept + rows
     marks = sorted({r["edits"] for r in rows if r["edits"] in CHECKPOINTS} | {max(r["edits"] for r in rows)})
     C.table([r for r in rows if r["edits"] in marks],
             [("method", "method", ""), ("edits", "edits", "n"), ("retention", "retention", "%"),
+             ("realised_retention", "of realised", "%"), ("batch_efficacy", "batch", "%"),
              ("paraphrase", "paraphrase", "%"), ("neighbourhood", "neighbourhood", "%"),
              ("subject_locality", "subject", "%"), ("other_facts_kept", "others", "%"),
              ("max_norm_growth", "norm", "x"), ("seconds", "s/run", "s"), ("state_bytes", "state B", "n")])
