@@ -497,6 +497,7 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
     done = torch.zeros(G, dtype=torch.bool, device=device)
     steps = [0] * n
     step_seconds: list[float] = []
+    history: list[torch.Tensor] = []  # (G,) per step: each subject's mean loss (the plateau stop)
     nll_out = [float("nan")] * n
     loss_out = [float("nan")] * n
     saved = [p.requires_grad for p in model.parameters()]
@@ -556,6 +557,12 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
             # or when the mean loss of its requests is low enough ("loss")
             if hp.stop == "argmax":
                 reached = torch.zeros(G, device=device).index_add(0, group, miss) == 0
+                if hp.plateau_steps:  # or when its loss no longer falls: more steps would only cost time
+                    mean = torch.zeros(G, device=device).index_add(0, group, loss.detach()) / size  # (G,)
+                    history.append(mean)
+                    if it >= hp.plateau_steps:
+                        then = history[it - hp.plateau_steps]
+                        reached |= then - mean < hp.plateau_gain * then
             else:
                 reached = torch.zeros(G, device=device).index_add(0, group, loss) / size < hp.early_stop_loss
             newly = (~done) & reached

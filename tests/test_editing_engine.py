@@ -288,6 +288,29 @@ def test_argmax_stop_ends_when_every_row_says_the_target(tok):
             assert not all(_says_with_delta(model, tok, "transformer.h.1", r, t, early.delta[0]) for t in templates)
 
 
+def test_plateau_stop_ends_a_subject_whose_loss_no_longer_falls(tok):
+    """A margin the optimisation cannot reach (here a two-token target, whose second token δ at the last prompt
+    token of a random model never reaches): argmax alone runs every step; with the plateau stop the subject ends
+    at the first step its loss fell by less than plateau_gain over plateau_steps, on the same trajectory."""
+    req = EditRequest("France", "The capital of {}", "Japanese", id="a")
+    assert len(tok.encode(" Japanese")) >= 2
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    name, templates = "transformer.h.1", ["{}"]
+    hp = H.TargetHparams(v_steps=120, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                         stop="argmax", kl_factor=0.0)
+    capped = optimize_targets(model, tok, name, [req], templates, hp)
+    assert capped.steps == [hp.v_steps]
+    flat = dataclasses.replace(hp, plateau_steps=10, plateau_gain=0.05)
+    tg = optimize_targets(model, tok, name, [req], templates, flat)
+    assert flat.plateau_steps < tg.steps[0] < hp.v_steps, tg.steps
+    # the same trajectory cut short: a run capped at that step ends with the same δ
+    cut = optimize_targets(model, tok, name, [req], templates, dataclasses.replace(hp, v_steps=tg.steps[0]))
+    assert torch.allclose(cut.delta, tg.delta, atol=1e-6)
+    # and the loss had stalled there: the last plateau_steps steps of the capped run's curve, relative
+    stalled = optimize_targets(model, tok, name, [req], templates, dataclasses.replace(flat, plateau_gain=0.0))
+    assert stalled.steps[0] > tg.steps[0]  # a stricter plateau runs on
+
+
 def test_keep_prompts_hold_the_subjects_other_answers(tok):
     """A keep prompt's next-token distribution moves less when the target optimisation keeps it; a rewrite prompt
     joins the optimisation as a row of its own (its target's NLL falls with it)."""

@@ -38,6 +38,11 @@ class TargetHparams:
     # stop == "argmax": each target token must also lead the runner-up by this many nats (log-probability) on
     # every row, so that what the solve and the batch's other updates take off the target does not lose it
     stop_margin: float = 0.0
+    # stop == "argmax": a subject also stops when its loss fell by less than plateau_gain of itself over the last
+    # plateau_steps steps (the weight decay and the KL hold the loss up, so a margin may never be reached and the
+    # cap would decide, every request running all v_steps). 0: no plateau stop.
+    plateau_steps: int = 0
+    plateau_gain: float = 0.05
     keep_factor: float = 1.0  # weight of KL(p_before || p_after) on the request's keep prompts (other facts)
     keep_margin: float = 0.0  # nats of that KL each keep prompt may drift without cost (a hinge)
     essence_prompts: tuple[str, ...] = ("{} is a",)  # KL keeps the subject's "essence" on these
@@ -72,6 +77,9 @@ def check_fields(obj: Any, prefix: str = "") -> None:
     for name in ("v_steps", "batch_prompts", "mom2_samples", "sample_tokens"):
         if hasattr(obj, name) and getattr(obj, name) < 1:
             raise HparamsError(f"'{prefix}{name}': expected a positive value, found {getattr(obj, name)}")
+    for name in ("plateau_steps", "plateau_gain"):
+        if hasattr(obj, name) and getattr(obj, name) < 0:
+            raise HparamsError(f"'{prefix}{name}': expected a value >= 0, found {getattr(obj, name)}")
     if hasattr(obj, "mom2_dtype") and obj.mom2_dtype not in ("float32", "float16", "bfloat16", "float64"):
         raise HparamsError(f"'{prefix}mom2_dtype': expected float32, float16, bfloat16 or float64, found {obj.mom2_dtype!r}")
     if hasattr(obj, "stop") and obj.stop not in ("loss", "argmax"):
