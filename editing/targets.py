@@ -33,12 +33,14 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import n_layers
 from .hooks import StopForward, Trace, stop_after
 from .methods.base import TargetHparams
 from .requests import EditRequest
@@ -403,6 +405,7 @@ class Targets:
     steps: list[int]  # optimisation steps each request took
     seconds: float
     step_seconds: list[float] = field(default_factory=list)  # each step's forward and backward passes, in order
+    chunks: int = 1  # request chunks optimised one after another (a batch larger than memory is streamed)
 
 
 def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: TargetHparams) -> list[Row]:
@@ -428,15 +431,104 @@ def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: Targ
     return rows
 
 
+def bytes_per_position(model: nn.Module) -> int:
+    """What one row position held across a target step costs, roughly (float32): its logits, log-softmax and
+    their gradient (3 V) and what every block keeps for the backward pass (~14 d per layer). Fitted to the peaks
+    measured by ``bench/scale.py`` (GPT-2 124M-774M, MEMIT 10 against 100: 0.79 / 1.8 / 3.2 MB a position;
+    this gives 1.1 / 2.0 / 3.8 MB)."""
+    vocab, d = model.get_input_embeddings().weight.shape
+    return 4 * (3 * vocab + 14 * d * n_layers(model))
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a target chunk may take: half of what the device has free (CUDA) or the machine has available."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def request_chunks(requests: list[EditRequest], positions: list[int], budget_positions: int,
+                   max_requests: int = 0) -> list[list[int]]:
+    """Request indices in chunks of at most ``budget_positions`` row positions (and ``max_requests`` requests when
+    that is set), in order; the requests about one subject stay in one chunk (they share a δ). A subject group
+    larger than the budget is a chunk of its own."""
+    groups: dict[str, list[int]] = {}
+    for j, r in enumerate(requests):
+        groups.setdefault(r.subject, []).append(j)
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for idx in groups.values():
+        cost = sum(positions[j] for j in idx)
+        if cur and (used + cost > budget_positions or (max_requests and len(cur) + len(idx) > max_requests)):
+            chunks.append(cur)
+            cur, used = [], 0
+        cur += idx
+        used += cost
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest],
-                     templates: list[str], hp: TargetHparams) -> Targets:
+                     templates: list[str], hp: TargetHparams,
+                     progress: Callable[[int, int], None] | None = None) -> Targets:
     """Optimise one δ per request, added to ``module_name``'s output at the subject's last token.
 
     ``templates[0]`` must be ``"{}"`` (the bare prompt): h, the activation δ is measured against, is read
     there. The model's weights are never changed (and get no gradients).
+
+    A batch larger than memory is **streamed**: each request's loss depends on its own δ only, so the requests
+    are optimised in chunks one after another (a subject's requests together) with the trajectories of one
+    batch (up to float summation order). A chunk holds at most ``hp.chunk_requests`` requests (0: no limit) and
+    the row positions that :func:`memory_budget` allows at :func:`bytes_per_position`; ``progress(done, total)``
+    after each chunk.
     """
     if not templates or templates[0] != "{}":
         raise ValueError(f"templates[0] must be the bare '{{}}', found {templates[:1]}")
+    rows = _rows(tokenizer, requests, templates, hp)
+    positions = [0] * len(requests)
+    for r in rows:
+        positions[r.req] += len(r.ids)
+    device = next(model.parameters()).device
+    budget = max(1, memory_budget(device) // bytes_per_position(model))
+    chunks = request_chunks(requests, positions, budget, hp.chunk_requests)
+    if len(chunks) == 1:
+        out = _optimize(model, tokenizer, module_name, requests, templates, hp)
+        if progress:
+            progress(len(requests), len(requests))
+        return out
+    t0 = time.perf_counter()
+    n = len(requests)
+    delta: list[torch.Tensor | None] = [None] * n
+    init: list[torch.Tensor | None] = [None] * n
+    nll, loss, steps = [float("nan")] * n, [float("nan")] * n, [0] * n
+    step_seconds: list[float] = []
+    done = 0
+    for idx in chunks:
+        part = _optimize(model, tokenizer, module_name, [requests[j] for j in idx], templates, hp)
+        for i, j in enumerate(idx):
+            delta[j], init[j] = part.delta[i], part.init[i]
+            nll[j], loss[j], steps[j] = part.nll[i], part.loss[i], part.steps[i]
+        step_seconds += part.step_seconds
+        done += len(idx)
+        log.info("targets: %d of %d requests (chunk of %d)", done, n, len(idx))
+        if progress:
+            progress(done, n)
+    return Targets(torch.stack(delta), torch.stack(init), nll, loss, steps, time.perf_counter() - t0, step_seconds,
+                   chunks=len(chunks))
+
+
+def _optimize(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest],
+              templates: list[str], hp: TargetHparams) -> Targets:
+    """:func:`optimize_targets` on one chunk: every request's rows in the same padded passes."""
     t0 = time.perf_counter()
     n = len(requests)
     rows = _rows(tokenizer, requests, templates, hp)

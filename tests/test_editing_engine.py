@@ -110,6 +110,48 @@ def test_batched_targets_equal_one_at_a_time(tok):
         assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
 
 
+def test_a_batch_streamed_in_chunks_equals_one_batch(tok, monkeypatch):
+    """A batch larger than memory is optimised in chunks of requests, a subject's requests in one chunk: the same
+    δ and steps as one batch (each request's loss depends on its own δ), progress after each chunk. Here the
+    memory budget is set to fit two requests' rows, then the request cap to one."""
+    import editing.targets as T
+
+    model = tiny_model("llama", vocab=VOCAB)
+    hp = H.TargetHparams(v_steps=8, context_templates=())
+    templates = ["{}", "Berlin is in Germany. {}"]
+    name = "model.layers.1"
+    reqs = REQS + [EditRequest("France", "The official language of {}", "Berlin", id="r4")]  # France twice
+    whole = optimize_targets(model, tok, name, reqs, templates, hp)
+    assert whole.chunks == 1
+    rows = T._rows(tok, reqs, templates, hp)
+    per = [sum(len(r.ids) for r in rows if r.req == j) for j in range(len(reqs))]
+    monkeypatch.setattr(T, "memory_budget", lambda _d: (per[0] + per[3] + 1) * T.bytes_per_position(model))
+    seen = []
+    streamed = optimize_targets(model, tok, name, reqs, templates, hp, progress=lambda a, b: seen.append((a, b)))
+    capped = optimize_targets(model, tok, name, reqs, templates, dataclasses.replace(hp, chunk_requests=1),
+                              progress=lambda a, b: seen.append((a, b)))
+    monkeypatch.undo()
+    # France's two requests together (the budget's first chunk), then Poland, then Japan; the cap of one request
+    # still keeps France's two together
+    assert streamed.chunks == 3 and capped.chunks == 3
+    assert seen == [(2, 4), (3, 4), (4, 4)] * 2
+    for tg in (streamed, capped):
+        assert tg.steps == whole.steps
+        assert torch.allclose(tg.delta, whole.delta, atol=1e-4, rtol=1e-3)
+        assert torch.allclose(tg.init, whole.init, atol=1e-6)
+    assert torch.equal(streamed.delta[0], streamed.delta[3])  # one subject, one δ
+
+
+def test_request_chunks_keep_a_subject_together_within_the_budget():
+    from editing.targets import request_chunks
+
+    reqs = [EditRequest(s, "The capital of {}", "X", id=f"q{i}") for i, s in enumerate("ABACDE")]
+    assert request_chunks(reqs, [10] * 6, 30) == [[0, 2, 1], [3, 4, 5]]
+    assert request_chunks(reqs, [10] * 6, 15) == [[0, 2], [1], [3], [4], [5]]  # A's two exceed it: a chunk alone
+    assert request_chunks(reqs, [10] * 6, 1000, max_requests=2) == [[0, 2], [1, 3], [4, 5]]
+    assert request_chunks(reqs, [10] * 6, 1000) == [[0, 2, 1, 3, 4, 5]]
+
+
 @pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama"])
 def test_logits_at_chosen_positions_are_the_full_logits_there(family):
     """v* reads logits at a few positions per row: those are exactly the full forward's logits there."""

@@ -53,6 +53,9 @@ class TargetHparams:
     # each step runs only the positions from the subject token on. False: every step runs the whole rows (the
     # references' way; kept to measure against). Models without a Hugging Face cache always run the whole rows.
     prefix_cache: bool = True
+    # A batch is optimised in chunks of requests one after another when its rows would not fit half the memory
+    # free (editing.targets.memory_budget); this caps a chunk's requests too. 0: memory alone decides.
+    chunk_requests: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "target.")
@@ -77,7 +80,7 @@ def check_fields(obj: Any, prefix: str = "") -> None:
     for name in ("v_steps", "batch_prompts", "mom2_samples", "sample_tokens"):
         if hasattr(obj, name) and getattr(obj, name) < 1:
             raise HparamsError(f"'{prefix}{name}': expected a positive value, found {getattr(obj, name)}")
-    for name in ("plateau_steps", "plateau_gain"):
+    for name in ("plateau_steps", "plateau_gain", "chunk_requests"):
         if hasattr(obj, name) and getattr(obj, name) < 0:
             raise HparamsError(f"'{prefix}{name}': expected a value >= 0, found {getattr(obj, name)}")
     if hasattr(obj, "mom2_dtype") and obj.mom2_dtype not in ("float32", "float16", "bfloat16", "float64"):
@@ -133,7 +136,8 @@ class Method:
     # progress: description and total of the phase after the targets start, for n requests
     progress: Callable[[int], tuple[str, int | None]]
     # events the method emits besides the engine's: "request" {done, total} after each request, or "solve"
-    # {step: "targets" | "layer N"} after the target vectors and after each layer's update
+    # {step: "targets" | "layer N"} after the target vectors and after each layer's update ("targets D/N" after
+    # each chunk of a batch streamed in chunks)
     events: tuple[str, ...] = ()
     stateful: bool = False  # carries state across edits (Output.state)
 

@@ -57,7 +57,11 @@ def _edit_events(phases: Phases, method: str):
         elif phase == "request":
             phases.update(d["done"], d["total"])
         elif phase == "solve":
-            if d.get("step") == "targets":
+            step = str(d.get("step", ""))
+            if step.startswith("targets "):  # "targets 300/1000": a chunk of a streamed batch done
+                done, total = step.split()[1].split("/")
+                phases.update(int(done), int(total))
+            elif step == "targets":
                 phases.start("MEMIT layer updates", total=len(state["layers"]) or None)
             else:
                 state["solved"] += 1

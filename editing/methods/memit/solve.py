@@ -72,6 +72,7 @@ class MemitTimes:
     # per request, the share of its target residual z − h the update realises: ((z_edited − h) · (z − h)) / ‖z − h‖²
     # at the last edited layer's output, the subject's last token of the bare prompt (1.0: all of it)
     realized: list[float] = field(default_factory=list)
+    target_chunks: int = 1  # request chunks the targets were optimised in (a batch larger than memory)
     realize_rounds: int = 0  # extra solves that raised the targets of requests realised below min_realized
     sub_batches: int = 1  # batches the requests were finally edited in (split_depth: halves of short batches)
     init: torch.Tensor | None = field(default=None, repr=False)  # (n, d) h at the subject's last token
@@ -168,9 +169,12 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
     times = MemitTimes()
     t0 = time.perf_counter()
     if hp.batched_targets:
-        tg = optimize_targets(model, tokenizer, z_name, requests, templates, hp.target)
+        # a batch larger than memory is optimised in chunks: "targets 300/1000" after each
+        tg = optimize_targets(model, tokenizer, z_name, requests, templates, hp.target,
+                              progress=(lambda a, b: progress(f"targets {a}/{b}")) if progress else None)
         delta_z, init = tg.delta, tg.init
         times.target_steps, times.target_nll, times.target_step_seconds = tg.steps, tg.nll, tg.step_seconds
+        times.target_chunks = tg.chunks
     else:  # the reference's loop over edits, kept to measure the batched optimisation against
         parts = [optimize_targets(model, tokenizer, z_name, [r], templates, hp.target) for r in requests]
         delta_z = torch.cat([p.delta for p in parts])
@@ -232,5 +236,5 @@ def run(x: Inputs) -> Output:
                         progress=lambda what: x.emit("solve", {"step": what}))
     return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve},
                   {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
-                   "target_step_seconds": tm.target_step_seconds,
+                   "target_step_seconds": tm.target_step_seconds, "target_chunks": tm.target_chunks,
                    "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches})
