@@ -61,15 +61,17 @@ def registry_home(tmp_path, monkeypatch, tiny_build, home):
 
 def write_mechanics_policy(home: Path) -> Path:
     """The gate policy of the pipeline-mechanics tests (end states, idempotency, kills, concurrency), in the
-    home's standing policy file. One threshold differs from the default: generalization 0.5. The tiny sandbox's
-    capital swaps say the new capital on 3 of their 4 held-out phrasings (measured: 0.75 for two swaps, the
-    default asks 0.8). Edit quality is tested where it is the subject (tests/test_validation_gate.py,
+    home's standing policy file. Two thresholds differ from the default: generalization 0.5 and norm growth 5.
+    The tiny sandbox's capital swaps say the new capital on 3 of their 4 held-out phrasings (measured: 0.75 for
+    two swaps, the default asks 0.8), and two swaps grew the edited matrix 3.04x on a build trained with AMX
+    bfloat16 (the default allows 3; builds differ from CPU to CPU). Edit quality is tested where it is the
+    subject (tests/test_validation_gate.py,
     tests/test_editing_sandbox_quality.py, bench/quality.py); here the gate must pass these edits and fail the
     ones the tests break on purpose."""
     from flows import settings
 
     path = home / settings.gate_policy_file().name  # the standing policy of that home (FACTSMITH_HOME may differ)
-    path.write_text("min_generalization: 0.5\n", encoding="utf-8")
+    path.write_text("min_generalization: 0.5\nmax_norm_growth: 5.0\n", encoding="utf-8")
     return path
 
 
