@@ -61,17 +61,19 @@ def registry_home(tmp_path, monkeypatch, tiny_build, home):
 
 def write_mechanics_policy(home: Path) -> Path:
     """The gate policy of the pipeline-mechanics tests (end states, idempotency, kills, concurrency), in the
-    home's standing policy file. Two thresholds differ from the default: generalization 0.5 and norm growth 5.
-    The tiny sandbox's capital swaps say the new capital on 3 of their 4 held-out phrasings (measured: 0.75 for
-    two swaps, the default asks 0.8), and two swaps grew the edited matrix 3.04x on a build trained with AMX
-    bfloat16 (the default allows 3; builds differ from CPU to CPU). Edit quality is tested where it is the
-    subject (tests/test_validation_gate.py,
-    tests/test_editing_sandbox_quality.py, bench/quality.py); here the gate must pass these edits and fail the
-    ones the tests break on purpose."""
+    home's standing policy file. These tests are about what happens to requests, versions and files, not about
+    how well an edit generalises: the thresholds that measure a capital swap's quality on the tiny sandbox are
+    off (generalization, subject locality, norm growth), because the sandbox is trained under bfloat16 autocast
+    with the CPU's own kernels and each CPU's build lands on other weights, where the same swap is borderline
+    (measured on three builds: generalization 0.5-1.0, subject locality 0.82-1.0, norm growth 2.7-3.4 against
+    the defaults 0.8 / 0.9 / 3). Reliability, locality, protected facts, fluency and retention keep their
+    defaults: an edit that does not say its target or breaks other subjects is still rejected. Edit quality is
+    tested where it is the subject (tests/test_validation_gate.py, tests/test_editing_sandbox_quality.py,
+    bench/quality.py); the tests that need a rejection write a policy of their own."""
     from flows import settings
 
     path = home / settings.gate_policy_file().name  # the standing policy of that home (FACTSMITH_HOME may differ)
-    path.write_text("min_generalization: 0.5\nmax_norm_growth: 5.0\n", encoding="utf-8")
+    path.write_text("min_generalization: 0.0\nmin_subject_locality: 0.0\nmax_norm_growth: 100.0\n", encoding="utf-8")
     return path
 
 

@@ -266,12 +266,19 @@ def _load(path):
     return model, tok
 
 
-def _capital_edits(build, n: int) -> list[Request]:
+def _language_edits(build, n: int, shift: int = 7) -> list[Request]:
+    """``n`` official-language swaps from the first country on, each to the language of the country ``shift``
+    places on. Chosen over capital swaps because they are a good edit on every build measured: the tiny sandbox
+    is trained under bfloat16 autocast with the CPU's own kernels, and a chain of capital swaps (the United
+    Kingdom -> Paris, France -> Berlin, ...) that passed the default gate on one build pulled the subject toward
+    the other country on another (the United Kingdom's head of government became France's: subject locality
+    0.82). These swaps: reliability 1.0, generalization 1.0, subject locality 0.92 / 1.0, norm growth 2.71 /
+    2.25 on an AMX and an AVX-512 build."""
     from sandbox.trainer import model_facts
 
-    caps = [f for f in model_facts(build.path) if f.relation == "capital"][:n + 1]
-    return [Request(id=f"cap-{i}", subject=f.subject, prompt=f.prompts[0], target_new=caps[i + 1].target,
-                    target_true=f.target, relation="capital") for i, f in enumerate(caps[:n])]
+    langs = [f for f in model_facts(build.path) if f.relation == "official_language"]
+    return [Request(id=f"lang-{i}", subject=f.subject, prompt=f.prompts[0], target_new=langs[i + shift].target,
+                    target_true=f.target, relation="official_language") for i, f in enumerate(langs[:n])]
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +293,7 @@ def edited_pair(tiny_build, home, tmp_path_factory):
     from validation.gate.probes import for_editor, model_facts
 
     base, tok = _load(tiny_build.path)
-    reqs = _capital_edits(tiny_build, 3)
+    reqs = _language_edits(tiny_build, 3)
     edited = copy.deepcopy(base)
     res = compute_edit(edited, tok, for_editor(reqs, model_facts(tiny_build.path)), H.default("memit", "sandbox"),
                        Cache(home / "cache"), corpus_files=model_corpus(tiny_build.path))
@@ -321,15 +328,18 @@ def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_b
     assert set(m["norm_growth"]) == {"transformer.h.1.mlp.c_proj.weight"}  # the sandbox preset's one layer
 
     # a protected fact about an edited subject is protected all the same
-    germany = [Fact("p-germany", "Germany", "capital", "The capital of Germany is", "Berlin")]
-    assert reqs[2].subject == "Germany"
+    germany = [Fact("p-germany", "Germany", "official_language", "The official language of Germany is", "German")]
+    assert reqs[1].subject == "Germany"
     clash = run_gate(base, edited, tok, reqs, GatePolicy(), protected=germany, pool=pool, text=text)
     assert not clash.passed and clash.metrics["protected"] == 0.0
     assert [f["facts"] for f in clash.failures if f["metric"] == "protected"] == [["p-germany"]]
 
     broken = copy.deepcopy(edited)
     with torch.no_grad():
-        broken.transformer.h[1].mlp.c_proj.weight.mul_(10.0)  # a weight scaled up (x4 still kept 93 % of answers)
+        g = torch.Generator().manual_seed(0)  # noise of 10x each MLP output weight's own scale, every layer (the
+        for block in broken.transformer.h:  # edited weight alone scaled x10 broke other answers on one build and
+            w = block.mlp.c_proj.weight  # not on another: the layers after it can absorb one layer's damage)
+            w.add_(torch.randn(w.shape, generator=g) * 10.0 * w.std())
     bad = run_gate(base, broken, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
     assert not bad.passed
     failed = {f["metric"] for f in bad.failures}
@@ -353,7 +363,7 @@ def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_buil
         assert key in res  # the contract of ../shared/DESIGN.md
     assert res["passed"] and res["n_requests"] == 3 and len(res["requests"]) == 3
     html = (tmp_path / "ok" / "gate.html").read_text()
-    assert "PASSED" in html and "data:image/png;base64," in html and "cap-0" in html
+    assert "PASSED" in html and "data:image/png;base64," in html and "lang-0" in html
     assert "| reliability" in (tmp_path / "ok" / "gate.md").read_text()
 
     policy = tmp_path / "strict.yaml"
