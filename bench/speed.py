@@ -1,17 +1,24 @@
 """Benchmark: where MEMIT's time goes, on the CounterFact sandbox.
 
-    python -m bench.speed [--only targets,stats,phases] [--large] [--repeat 3] [--records 1000]
+    python -m bench.speed [--only targets,rome,stats,phases] [--large] [--repeat 3] [--records 1000]
                           [--model DIR] [--hparams FILE] [--device cpu] [--threads 2] [--seed 0]
                           [--out bench/results/speed.json]
 
 Cases (same model and requests as bench/quality.py):
 
-* ``targets-10`` / ``targets-100`` (/ ``targets-1000`` with ``--large``): MEMIT with the batched target (v*)
-  optimisation against the reference's one-request-at-a-time loop (``batched_targets: false``) on the same
-  batch: seconds of the targets phase, speed-up, and the quality after each edit (efficacy, paraphrase,
-  neighbourhood) and the largest difference of the final target NLLs — equal within float noise, since
-  every request's loss depends on its own δ only. Statistics and context templates come from the cache
-  (a one-request warm-up fills it) and are not part of the comparison.
+* ``targets-10`` / ``targets-100`` (/ ``targets-1000`` with ``--large``): one MEMIT batch, **before and after
+  issue 25** in one run on the same batch: ``loop`` is the references' algorithm (kmeng01/memit, EasyEdit) in
+  factsmith's loop mode — one request's v* at a time, every step forwarding the whole rows
+  (``batched_targets: false``, ``target.prefix_cache: false``); ``batched`` is the shipped preset (all requests'
+  v* together, each step only from the subject's last token on, finished rows leaving). Per side: seconds of
+  the targets phase and of the whole edit, edits/s, peak memory, mean target steps, and the quality — greedy
+  efficacy / paraphrase / neighbours / the subjects' other facts (the gate's test, on probes the base model
+  says: ``bench/_greedy.py``) and CounterFact's probability efficacy. ``targets-1000`` also runs ``streamed``:
+  the preset in chunks of 100 requests (``target.chunk_requests``), as a batch larger than memory runs — its
+  peak memory against the whole batch's. Statistics and context templates come from the cache (a
+  one-request warm-up fills it) and are not part of the comparison.
+* ``rome-100``: 100 ROME edits one after another, each on the model the previous ones left, ``loop`` (whole
+  rows) against the preset (prefix cache): seconds, edits/s, peak memory and the greedy quality of the 100.
 * ``stats``: statistics throughput — tokens/s of ``compute_second_moments`` over the built-in corpus
   (MEMIT's layers, the hparams' sample count and length) against a plain ``model(input_ids,
   attention_mask)`` forward pass under ``no_grad`` over the same batches with the same padding; best of
@@ -35,14 +42,16 @@ import time
 
 from . import _common as C
 
-CASES = ["targets-10", "targets-100", "targets-1000", "stats", "phases-100"]
-GROUPS = {"targets": ["targets-10", "targets-100", "targets-1000"], "stats": ["stats"], "phases": ["phases-100"]}
+CASES = ["targets-10", "targets-100", "targets-1000", "rome-100", "stats", "phases-100"]
+GROUPS = {"targets": ["targets-10", "targets-100", "targets-1000"], "rome": ["rome-100"], "stats": ["stats"],
+          "phases": ["phases-100"]}
+QUALITY = ("efficacy_greedy", "paraphrase_greedy", "neighbourhood_greedy", "subject_locality", "efficacy")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="targets,stats,phases",
-                    help="comma-separated: targets, stats, phases, or single cases (" + ", ".join(CASES) + ")")
+    ap.add_argument("--only", default="targets,rome,stats,phases",
+                    help="comma-separated: targets, rome, stats, phases, or single cases (" + ", ".join(CASES) + ")")
     ap.add_argument("--large", action="store_true", help="also targets-1000 (the one-at-a-time loop takes long)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side of the stats comparison (best taken)")
     C.add_common_args(ap, C.RESULTS / "speed.json")
@@ -71,42 +80,92 @@ def main() -> None:
     reqs = rs.requests
     base_hash = D.weights_sha256(model)
 
-    def edit_and_score(batch, h, st):
+    from . import _greedy as G
+
+    facts = G.model_facts(model_dir)
+    reqs = G.with_probes(reqs, facts, seed=args.seed)  # as the pipeline edits them: keep prompts, subject-first phrasing
+
+    def edit_and_score(batch, h, st, probes=None):
         res = compute_edit(model, tok, batch, h, st, corpus_files=model_corpus(model_dir))
         applied = D.apply(model, res.delta)
         try:
             after = C.merge_scores(C.score(model, tok, batch))
+            greedy = probes.score(model, tok) if probes is not None else None
         finally:
             applied.revert()
-        return res, after
+        return res, after, greedy
 
+    def side(name: str, res_timings: dict, n: int, q: dict, greedy: dict, peak: dict, steps) -> dict:
+        g = G.summarize_greedy([greedy])
+        return {f"targets_s_{name}": res_timings["targets"], f"total_s_{name}": res_timings["total"],
+                f"edits_per_s_{name}": round(n / res_timings["total"], 3),
+                f"peak_mem_mb_{name}": peak["peak_mem_mb"],
+                f"target_steps_mean_{name}": round(sum(steps) / len(steps), 1) if steps else None,
+                **{f"{k}_{name}": g[k] for k in QUALITY if k in g}, f"efficacy_{name}": q["efficacy"]}
+
+    loop_hp = with_changes(hp, batched_targets=False, target__prefix_cache=False)  # the references' algorithm
     rows = []
-    # ---------------------------------------------------------------- (a) batched vs one-at-a-time v*
+    # ---------------------------------------------------------------- (a) before / after: one MEMIT batch
     for case in [c for c in CASES if c in wanted and c.startswith("targets-")]:
         size = int(case.split("-")[1])
         batch = reqs[:size]
         before = C.merge_scores(C.score(model, tok, batch))
+        probes = G.GreedyProbes.choose(model, tok, batch, facts, other_sample=100, seed=args.seed)
         print(f"{case}: {len(batch)} requests", file=sys.stderr, flush=True)
         compute_edit(model, tok, batch[:1], hp, store)  # warm-up: templates, corpus and statistics cached
+        sides = [("loop", loop_hp), ("batched", hp)]
+        if size >= 1000:
+            sides.append(("streamed", with_changes(hp, target__chunk_requests=100)))
+        row = {"case": case, "requests": len(batch), "short_batch": len(batch) < size}
         out = {}
-        for name, flag in (("one_at_a_time", False), ("batched", True)):
+        for name, h in sides:
+            print(f"  {name}", file=sys.stderr, flush=True)
             with C.PeakMemory(args.device) as mem:
-                res, after = edit_and_score(batch, with_changes(hp, batched_targets=flag), store)
+                res, after, greedy = edit_and_score(batch, h, store, probes)
                 peak = mem.read()
-            out[name] = (res, C.summarize(before, after), peak)
-        (r1, q1, m1), (rb, qb, mb) = out["one_at_a_time"], out["batched"]
-        nll_diff = max(abs(a - b) for a, b in zip(r1.details["target_nll"], rb.details["target_nll"]))
-        row = {"case": case, "requests": len(batch), "short_batch": len(batch) < size,
-               "targets_s_batched": rb.timings["targets"], "targets_s_one_at_a_time": r1.timings["targets"],
-               "speedup": round(r1.timings["targets"] / rb.timings["targets"], 2),
-               "total_s_batched": rb.timings["total"], "total_s_one_at_a_time": r1.timings["total"],
-               **{f"{k}_batched": qb[k] for k in ("efficacy", "paraphrase", "neighbourhood", "efficacy_top1")},
-               **{f"{k}_one_at_a_time": q1[k] for k in ("efficacy", "paraphrase", "neighbourhood", "efficacy_top1")},
-               "efficacy_before": qb["efficacy_before"],
-               "target_nll_max_abs_diff": round(nll_diff, 6),
-               "target_steps_equal": rb.details["target_steps"] == r1.details["target_steps"],
-               "peak_mem_mb_batched": mb["peak_mem_mb"], "peak_mem_mb_one_at_a_time": m1["peak_mem_mb"],
-               "peak_mem_kind": mb["peak_mem_kind"], "request_ids_sha256": C.ids_digest(batch)}
+            out[name] = res
+            row.update(side(name, res.timings, len(batch), C.summarize(before, after), greedy, peak,
+                            res.details.get("target_steps")))
+            print(json.dumps({k: v for k, v in row.items() if k.endswith(name)}), file=sys.stderr, flush=True)
+        rl, rb = out["loop"], out["batched"]
+        row.update({"speedup_targets": round(rl.timings["targets"] / rb.timings["targets"], 2),
+                    "speedup_total": round(rl.timings["total"] / rb.timings["total"], 2),
+                    "efficacy_before": C.summarize(before, before)["efficacy_before"],
+                    "target_chunks_streamed": out["streamed"].details.get("target_chunks") if "streamed" in out else None,
+                    "peak_mem_kind": peak["peak_mem_kind"], "request_ids_sha256": C.ids_digest(batch)})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    # ---------------------------------------------------------------- (a') ROME, one edit after another
+    if "rome-100" in wanted:
+        rome = C.load_hparams(args.hparams)["rome"]
+        batch = reqs[:100]
+        probes = G.GreedyProbes.choose(model, tok, batch, facts, other_sample=100, seed=args.seed)
+        compute_edit(model, tok, batch[:1], rome, store)  # warm-up: the caches
+        row = {"case": "rome-100", "requests": len(batch), "short_batch": len(batch) < 100}
+        for name, h in (("loop", with_changes(rome, target__prefix_cache=False)), ("batched", rome)):
+            print(f"rome-100: {name}", file=sys.stderr, flush=True)
+            applied, timings, steps = [], {}, []
+            with C.PeakMemory(args.device) as mem:
+                try:
+                    for r in batch:
+                        res = compute_edit(model, tok, [r], h, store, corpus_files=model_corpus(model_dir))
+                        applied.append(D.apply(model, res.delta))
+                        C.add_timings(timings, res.timings)
+                        steps += res.details.get("target_steps", [])
+                    greedy = probes.score(model, tok)
+                finally:
+                    for a in reversed(applied):
+                        a.revert()
+                peak = mem.read()
+            g = G.summarize_greedy([greedy])
+            row.update({f"targets_s_{name}": round(timings["targets"], 4), f"total_s_{name}": round(timings["total"], 4),
+                        f"edits_per_s_{name}": round(len(batch) / timings["total"], 3),
+                        f"peak_mem_mb_{name}": peak["peak_mem_mb"],
+                        **{f"{k}_{name}": g[k] for k in QUALITY if k in g}})
+        row.update({"speedup_targets": round(row["targets_s_loop"] / row["targets_s_batched"], 2),
+                    "speedup_total": round(row["total_s_loop"] / row["total_s_batched"], 2),
+                    "peak_mem_kind": peak["peak_mem_kind"], "request_ids_sha256": C.ids_digest(batch)})
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -121,7 +180,7 @@ def main() -> None:
         print(f"phases-100: {len(batch)} requests, cold store", file=sys.stderr, flush=True)
         before = C.merge_scores(C.score(model, tok, batch))
         with tempfile.TemporaryDirectory(prefix="bench-speed-store-") as tmp, C.PeakMemory(args.device) as mem:
-            res, after = edit_and_score(batch, hp, Cache(tmp))
+            res, after, _ = edit_and_score(batch, hp, Cache(tmp))
             peak = mem.read()
         q = C.summarize(before, after)
         row = {"case": "phases-100", "requests": len(batch), "short_batch": len(batch) < 100,
@@ -133,16 +192,22 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     assert D.weights_sha256(model) == base_hash, "the model must be unchanged after every case"
-    tg = [r for r in rows if r["case"].startswith("targets-")]
+    tg = [r for r in rows if r["case"].startswith(("targets-", "rome-"))]
     if tg:
         print()
-        C.table(tg, [("case", "targets (v*)", ""), ("requests", "n", "n"),
-                     ("targets_s_one_at_a_time", "one-at-a-time s", "s"), ("targets_s_batched", "batched s", "s"),
-                     ("speedup", "speed-up", "x"), ("efficacy_one_at_a_time", "eff 1-by-1", "%"),
-                     ("efficacy_batched", "eff batched", "%"), ("paraphrase_one_at_a_time", "para 1-by-1", "%"),
-                     ("paraphrase_batched", "para batched", "%"),
-                     ("neighbourhood_one_at_a_time", "neigh 1-by-1", "%"),
-                     ("neighbourhood_batched", "neigh batched", "%"), ("target_nll_max_abs_diff", "max |Δnll|", "")])
+        C.table(tg, [("case", "before (loop) / after (batched)", ""), ("requests", "n", "n"),
+                     ("total_s_loop", "loop s", "s"), ("total_s_batched", "batched s", "s"),
+                     ("speedup_total", "speed-up", "x"), ("edits_per_s_loop", "edits/s loop", "s"),
+                     ("edits_per_s_batched", "edits/s batched", "s"), ("peak_mem_mb_loop", "MB loop", "n"),
+                     ("peak_mem_mb_batched", "MB batched", "n"), ("peak_mem_mb_streamed", "MB streamed", "n")])
+        print()
+        C.table(tg, [("case", "greedy quality loop / batched", ""),
+                     ("efficacy_greedy_loop", "eff loop", "%"), ("efficacy_greedy_batched", "eff batched", "%"),
+                     ("paraphrase_greedy_loop", "para loop", "%"), ("paraphrase_greedy_batched", "para batched", "%"),
+                     ("neighbourhood_greedy_loop", "neigh loop", "%"),
+                     ("neighbourhood_greedy_batched", "neigh batched", "%"),
+                     ("subject_locality_loop", "subj loop", "%"), ("subject_locality_batched", "subj batched", "%"),
+                     ("efficacy_greedy_streamed", "eff streamed", "%")])
     st = [r for r in rows if r["case"] == "stats"]
     if st:
         print()
@@ -160,7 +225,8 @@ def main() -> None:
     m = C.meta(args, C.command_line("bench.speed"), {
         "model": str(model_dir), "model_sha256": base_hash, "records": args.records, "seed": args.seed,
         "requests": rs.describe(), "cache": str(store.root), "hparams": to_dict(hp),
-        "note": "times in seconds; targets-* compare only the targets phase (statistics cached by a warm-up); "
+        "note": "times in seconds; targets-* and rome-100: loop = the references' algorithm (batched_targets false, "
+                "prefix_cache false), batched = the preset, statistics and templates cached by a warm-up; "
                 "stats: best of --repeat interleaved runs; phases-100 runs on a cold temporary Cache"})
     C.write_results(args.out, m, rows, CASES)
 

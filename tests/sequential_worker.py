@@ -1,7 +1,7 @@
 """One method's edits run after run on a sandbox, as the pipeline applies them (each run's keep prompts from its
 own batch, the state carried, the edits a run replaces released), greedy on every edit so far after each run.
-Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss]``; prints JSON.
-The lifelong test runs one process per method side by side (one thread each)."""
+Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss] [--threads N]``;
+prints JSON (one thread unless told: SIGUSR1 takes a second)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 
-def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop_on_loss: bool = False) -> list[dict]:
+def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop_on_loss: bool = False,
+        threads: int = 1) -> list[dict]:
     import torch
 
     from bench import _greedy as G
@@ -21,7 +22,7 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     from editing.engine import compute_edit
     from editing.store import Cache
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     import signal
 
     # SIGUSR1: the other worker beside this one has finished, take both cores
@@ -43,13 +44,23 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
         out.append({"run": k + 1, "said": {r.id: bool(s) for r, s in zip(done, said)},
                     "subject_edited_again": [r.id for r in done if last[r.subject] is not r],
                     "batch": [r.id for r in batch]})
-        lost = [i for i, s in out[-1]["said"].items() if not s and i not in out[-1]["subject_edited_again"]
-                and i not in out[-1]["batch"]]
+        lost = lost_edits(out)
         if stop_on_loss and lost:
             break
     return out
 
 
+def lost_edits(runs: list[dict]) -> list[str]:
+    """The earlier edits the last run no longer says: said right after their own run (an edit the model never
+    said is one the pipeline's gate would have rejected, not one lost), not of the last run's batch, and their
+    subject not edited again since."""
+    last = runs[-1]
+    realised = {i for run in runs for i in run["batch"] if run["said"][i]}
+    return [i for i, s in last["said"].items() if not s and i in realised and i not in last["batch"]
+            and i not in last["subject_edited_again"]]
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
-    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a)))
+    threads = int(a[a.index("--threads") + 1]) if "--threads" in a else 1
+    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a, threads)))
