@@ -144,8 +144,10 @@ def stats_row(name, model, layers: list[int], tokens: int, device: str, repeat: 
             "stats_vs_forward": f / s, "stats_tokens": n_tok, "stats_layers": layers}
 
 
-def case_row(name, model, tok, case: str, steps: int, device: str, store) -> dict[str, Any]:
-    """One edit of ``case`` with ``steps`` and with 1 target step: phase times, step cost, peak memory."""
+def case_row(name, model, tok, case: str, steps: int, device: str, store, variant: str = "after") -> dict[str, Any]:
+    """One edit of ``case`` with ``steps`` target steps: phase times, step cost, peak memory. ``variant``
+    "before": the references' algorithm as issue 25 found it — MEMIT's v* one request at a time
+    (``batched_targets: false``) and every step over the whole rows (``target.prefix_cache: false``)."""
     import torch
 
     from editing import hparams as H
@@ -171,8 +173,12 @@ def case_row(name, model, tok, case: str, steps: int, device: str, store) -> dic
     for layer in layers:  # a random positive definite C: the solve's cost does not depend on its values
         a = torch.randn(d_k, d_k, generator=g, dtype=torch.float64) / math.sqrt(d_k)
         covs[layer] = a @ a.T + 1e-2 * torch.eye(d_k, dtype=torch.float64)
-    out: dict[str, Any] = {"model": name, "case": f"{name}/{case}", "method": method, "edits": n, "layers": layers,
-                           "d_k": d_k}
+    if variant == "before":
+        common["target__prefix_cache"] = False
+        if method == "memit":
+            common["batched_targets"] = False
+    out: dict[str, Any] = {"model": name, "case": f"{name}/{case}" + ("/before" if variant == "before" else ""),
+                           "method": method, "edits": n, "layers": layers, "d_k": d_k, "variant": variant}
     with C.PeakMemory(device) as mem:
         t0 = time.perf_counter()
         templates = context_templates(model, tok, base.target.context_templates, store, f"random-{name}")
@@ -193,7 +199,8 @@ def case_row(name, model, tok, case: str, steps: int, device: str, store) -> dic
     # positions one step runs above the z layer: each row from its subject's last token on (padding aside)
     from editing.targets import _rows
 
-    out["step_tokens"] = sum(len(r.ids) - r.subj for r in _rows(tok, reqs, templates, hp.target))
+    rows = _rows(tok, reqs, templates, hp.target)
+    out["step_tokens"] = sum(len(r.ids) - (r.subj if hp.target.prefix_cache else 0) for r in rows)
     return out
 
 
@@ -206,8 +213,8 @@ def flops_row(row: dict[str, Any], model) -> dict[str, Any]:
     layer forward and back to δ, 4 per parameter per token; attention scores and the few logits left out)."""
     from editing.arch import n_layers
 
-    z = row["layers"][-1]
-    above = params(model, z + 1, n_layers(model))
+    z = row["layers"][-1]  # before issue 25 a step ran every block over the whole rows
+    above = params(model, 0 if row.get("variant") == "before" else z + 1, n_layers(model))
     return {"params_above_z": above, "step_gflop": 4 * above * row["step_tokens"] / 1e9,
             "step_gflops_achieved": 4 * above * row["step_tokens"] / 1e9 / row["target_step_s"]
             if row["target_step_s"] > 0 else None}
@@ -216,7 +223,8 @@ def flops_row(row: dict[str, Any], model) -> dict[str, Any]:
 def projection(rows: list[dict], stats_rows: list[dict], gpu_tflops: list[float]) -> dict[str, Any]:
     """MEMIT 10,000 edits on GPT-J 6B from the measured curves: on this machine, and on one GPU at each of
     ``gpu_tflops`` sustained for the forward/backward phases."""
-    memit = [r for r in rows if r["method"] == "memit" and r.get("step_gflops_achieved")]
+    memit = [r for r in rows if r["method"] == "memit" and r.get("step_gflops_achieved")
+             and r.get("variant", "after") == "after"]
     if not memit:
         return {}
     d, L = GPTJ["d"], GPTJ["layers"]
@@ -327,6 +335,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    ap.add_argument("--variants", default="after", help="comma-separated: after (the presets), before (issue 25's "
+                                                         "baseline: one request's v* at a time, whole rows each step)")
     ap.add_argument("--steps", type=int, default=3, help="target steps per case (each timed; the median of all but the "
                                                           "first is the step cost)")
     ap.add_argument("--stats-tokens", type=int, default=1024, help="tokens of the statistics / forward comparison")
@@ -386,8 +396,8 @@ def main() -> None:
             stats_rows.append(st)
             print(f"  statistics {st['stats_s_per_1k_tokens']:.2f} s / 1k tokens, forward "
                   f"{st['forward_s_per_1k_tokens']:.2f}: {st['stats_vs_forward']:.2f}x", flush=True)
-            for case in cases:
-                r = case_row(name, model, tok, case, args.steps, args.device, store)
+            for case, variant in [(c, v) for c in cases for v in args.variants.split(",") if v]:
+                r = case_row(name, model, tok, case, args.steps, args.device, store, variant)
                 r.update({"params": n_params, "dtype": args.dtype, "device": args.device})
                 r.update(flops_row(r, model))
                 rows.append(r)

@@ -181,6 +181,9 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
         init = torch.cat([p.init for p in parts])
         times.target_steps = [p.steps[0] for p in parts]
         times.target_nll = [p.nll[0] for p in parts]
+        # step k of the loop: every request's step k, summed (what one batched step does for all of them)
+        times.target_step_seconds = [sum(p.step_seconds[k] for p in parts if k < len(p.step_seconds))
+                                     for k in range(max(len(p.step_seconds) for p in parts))]
     z = (init + delta_z).cpu()  # (n, d) target residual-stream vectors at layer L
     times.targets = time.perf_counter() - t0
     if progress:
