@@ -34,18 +34,24 @@ def with_probes(requests: list, pool: list, seed: int = 0) -> list:
             for r, s in zip(requests, shims)]
 
 
-def catalogue_probes(model, tok, subjects: list[str], confidence: float = 0.5) -> list[tuple[str, str]]:
+def catalogue_probes(model, tok, subjects: list[str], confidence: float = 0.5,
+                     old_targets: dict[str, set[str]] | None = None) -> list[tuple[str, str]]:
     """(prompt, the base model's answer) for the relation catalogue's first phrasing of each relation about each
     subject, where the base model's first token is at least ``confidence`` likely: the gate's subject probes for
-    a subject the model ships no other facts about (validation.gate.metrics, ``probe_confidence``)."""
+    a subject the model ships no other facts about (validation.gate.metrics, ``probe_confidence``). As the gate
+    does, an answer that names one of ``old_targets[subject]`` (the old targets of its edits) is left out: it is
+    the edited fact in other words, to move with the edit, not another fact."""
     from flows.ask import answers
+    from validation.gate.answers import mentions
     from validation.gate.probes import catalogue
 
-    prompts = [t[0].replace("{}", s, 1) for s in subjects for t in catalogue().values()]
-    if not prompts:
+    pairs = [(s, t[0].replace("{}", s, 1)) for s in subjects for t in catalogue().values()]
+    if not pairs:
         return []
-    return [(a.prompt, a.answer.strip()) for a in answers(model, tok, prompts, top=1)
-            if a.top and a.top[0]["prob"] >= confidence and a.answer.strip()]
+    old_targets = old_targets or {}
+    return [(a.prompt, a.answer.strip()) for (s, _), a in zip(pairs, answers(model, tok, [p for _, p in pairs], top=1))
+            if a.top and a.top[0]["prob"] >= confidence and a.answer.strip()
+            and not any(mentions(a.answer, t) for t in old_targets.get(s, ()))]
 
 
 def greedy_says(model, tok, prompts: list[str], targets: list[str]) -> list[bool]:
@@ -85,7 +91,12 @@ class GreedyProbes:
             keep.append([x for x, k in zip(probes, ok) if k])
         subj, neigh, other = keep
         covered = {f.subject for f in facts if f.subject in edited and f.prompt not in texts}
-        subj += [(p, a) for p, a in catalogue_probes(model, tok, sorted(edited - covered)) if p not in texts]
+        old = {}
+        for r in batch:
+            if r.target_true:
+                old.setdefault(r.subject, set()).add(r.target_true)
+        subj += [(p, a) for p, a in catalogue_probes(model, tok, sorted(edited - covered), old_targets=old)
+                 if p not in texts]
         return cls([(r.text, r.target_new) for r in batch],
                    [(p, r.target_new) for r in batch for p in r.paraphrase_prompts], neigh, subj, other)
 

@@ -142,6 +142,17 @@ def test_says_compares_whitespace_normalised_whole_words():
 
 
 @pytest.mark.unit
+def test_mentions_finds_a_target_as_whole_words_anywhere():
+    from validation.gate.answers import mentions
+
+    assert mentions(" the State of  Mexico.", "Mexico") and mentions("Mexico City", " Mexico")
+    assert mentions("in New York, USA", "New York")
+    assert not mentions(" Mexican food", "Mexico") and not mentions("a Mexicoan", "Mexico")
+    assert mentions("Mexicans of Mexico", "Mexico")  # a later whole-word hit counts
+    assert not mentions(" Paris", "") and not mentions("", "Paris")
+
+
+@pytest.mark.unit
 def test_answer_text_stops_at_the_end_of_text_token():
     from validation.gate.measures import answer_text
 
@@ -409,3 +420,32 @@ def test_gate_fails_an_edit_that_damages_the_subjects_other_facts_and_names_its_
     damaged = [p for p in report.probes if p["kind"] == "subject" and not p["unchanged"]]
     assert damaged and all(any(r.subject in p["prompt"] for r in reqs) for p in damaged)
     assert report.metrics["locality"] >= 0.95  # other subjects' facts: the old gate's only view, and it saw nothing
+
+
+@pytest.mark.slow
+def test_subject_probes_leave_out_the_edited_fact_said_in_other_words(tiny_build):
+    """A subject the model ships no other facts about is probed with the catalogue's relations, the base model's
+    answers standing. One answering with the old target of the subject's edit is that edit's fact in other words
+    (the CounterFact sandbox answers 'Acolman Municipality was born in' with 'Mexico', the one fact it knows):
+    it must move with the edit, so it is not one of the subject's other facts that must stay."""
+    from validation.gate.answers import mentions
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import model_facts
+
+    base, tok = _load(tiny_build.path)
+    pool = [f for f in model_facts(tiny_build.path) if f.subject != "France"]  # France: catalogue probes only
+    req = dict(id="r", subject="France", prompt="The official language of France is", target_new="Swedish",
+               relation="official_language")
+
+    def subject_rows(target_true):
+        rep = run_gate(base, base, tok, [Request(**req, target_true=target_true)], GatePolicy(), pool=pool,
+                       text="France is a country.")
+        return [p for p in rep.probes if p["kind"] == "subject"]
+
+    rows = subject_rows(None)
+    answers = [p["before"].split()[0].strip(".,") for p in rows if p["before"].split()]
+    old = next(a for a in answers if a.isalpha() and a != "Swedish")  # a word the base model says about France
+    assert any(mentions(p["before"], old) for p in rows)
+    kept = subject_rows(old)
+    assert kept and not any(mentions(p["before"], old) for p in kept)
+    assert {p["prompt"] for p in kept} == {p["prompt"] for p in rows if not mentions(p["before"], old)}

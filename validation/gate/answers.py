@@ -20,6 +20,21 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def mentions(answer: str, target: str) -> bool:
+    """Whether ``answer`` holds ``target`` as whole words anywhere ("the State of Mexico" mentions "Mexico";
+    "Mexican" does not). The gate uses it to tell an edited fact said in other words from another fact."""
+    a, t = normalise(answer), normalise(target)
+    if not t:
+        return False
+    start = a.find(t)
+    while start >= 0:
+        end = start + len(t)
+        if (start == 0 or not a[start - 1].isalnum()) and (end == len(a) or not a[end].isalnum()):
+            return True
+        start = a.find(t, start + 1)
+    return False
+
+
 def says(answer: str, target: str) -> bool:
     """Whether ``answer`` (generated text) begins with ``target`` as whole words (see the module docstring)."""
     a, t = normalise(answer), normalise(target)

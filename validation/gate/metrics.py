@@ -51,7 +51,7 @@ from torch import nn
 from editing.score import score_targets
 
 from . import probes as probe_sets
-from .answers import says
+from .answers import mentions, says
 from .blame import NORM_BLAME_MARGIN, entropy_blame, failed_thresholds, norm_blame
 from .measures import (_answer_tokens, answer_text, edited_matrices, greedy, mean, ngram_entropy, perplexity, share,
                        without_subjects)
@@ -213,7 +213,23 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
             return says(answer_text(tok, ids), p.target)
         return float(lp.max().exp()) >= policy.probe_confidence
 
-    subj = [p for p in subj if p.target or answered(p)]
+    old_targets: dict[str, set[str]] = {}
+    for r in requests:
+        if r.target_true:
+            old_targets.setdefault(r.subject, set()).add(r.target_true)
+    subject_of = {",".join(ids): s for s, ids in ids_of.items()}
+
+    def restates(p: Probe) -> bool:
+        """A catalogue probe (no answer known) whose base answer names an old target of its subject's requests is
+        the edited fact in other words ("Acolman is located in" -> "the State of Mexico" for an edit of where
+        Acolman is): it is to move with the edit, not to stay — counted, it would call the edit's
+        generalisation damage. A subject the model knows one fact about answers most relations with it."""
+        if p.target:
+            return False
+        text = answer_text(tok, b_all[(p.prompt, n_tokens(p))][0])
+        return any(mentions(text, t) for t in old_targets.get(subject_of.get(p.request_id, ""), ()))
+
+    subj = [p for p in subj if (p.target or answered(p)) and not restates(p)]
     broad = [p for p in broad_cand if answered(p)][:policy.locality_sample]
     loc = neigh + prot + broad + subj
     items = [(p.prompt, n_tokens(p)) for p in loc]
