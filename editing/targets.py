@@ -188,7 +188,7 @@ def _below(model: nn.Module, module_name: str) -> _Below | None:
     return None
 
 
-def _cache_kw(model: nn.Module) -> str | None:
+def cache_kw(model: nn.Module) -> str | None:
     """The name of the forward argument that takes a key/value cache, where the model takes position ids and a
     Hugging Face cache (None: the prefix is not cached, every step runs the whole rows)."""
     params = inspect.signature(model.forward).parameters
@@ -605,7 +605,7 @@ def _optimize(model: nn.Module, tokenizer, module_name: str, requests: list[Edit
     init_norm = torch.zeros(G, device=device).index_add(0, group, init.norm(dim=-1)) / size  # (G,)
     max_norm = hp.clamp_norm_factor * init_norm  # (G,)
 
-    kw = _cache_kw(model) if hp.prefix_cache else None
+    kw = cache_kw(model) if hp.prefix_cache else None
     below = _below(model, module_name) if kw is not None else None
 
     def plan(live: list[Row]) -> list[_Chunk]:

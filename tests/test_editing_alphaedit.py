@@ -160,6 +160,35 @@ def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_p
                               fresh.delta.layers[next(iter(fresh.delta.layers))].V)
 
 
+def test_preserve_weight_holds_the_earlier_edits_keys_harder(tmp_path):
+    """preserve_weight w in P (K Kᵀ + w K_p K_pᵀ + λ C) + α I: the same second edit moves the first edit's keys'
+    outputs less at w 10 than at the paper's 1, and reaches its own keys' residuals less (the trade-off)."""
+    from editing.arch import spec_for
+    from editing.targets import keys
+
+    tok, model, hp = _tiny_setup(v_steps=10)
+    cache = Cache(tmp_path / "cache")
+    first = [EditRequest("France", "The capital of {}", "Warsaw", id="a"),
+             EditRequest("Poland", "The head of state of {}", "Japanese", id="b")]
+    r1 = compute_edit(model, tok, first, hp, cache)
+    apply(model, r1.delta)
+    second = [EditRequest("Japan", "The official language of {}", "Berlin", id="c")]
+    one = compute_edit(model, tok, second, hp, cache, state=r1.state)
+    ten = compute_edit(model, tok, second, H.with_changes(hp, preserve_weight=10.0), cache, state=r1.state)
+    held = keys(model, tok, spec_for(model).mlp_out_at(1), first, list(r1.state.templates)).T.double()
+    own = keys(model, tok, spec_for(model).mlp_out_at(1), second, list(r1.state.templates)).T.double()
+
+    def moved(r, K):
+        ld = r.delta.layers[next(iter(r.delta.layers))]
+        return float((ld.U.double() @ ld.V.double().T @ K).norm())
+
+    assert moved(ten, held) < 0.5 * moved(one, held)
+    assert moved(ten, own) < moved(one, own)
+    assert ten.state.count == one.state.count == 3 and torch.equal(ten.state.sums[1], one.state.sums[1])
+    with pytest.raises(H.HparamsError, match="preserve_weight"):
+        H.with_changes(hp, preserve_weight=0.0)
+
+
 def test_the_state_round_trips_through_safetensors_bit_for_bit(tmp_path):
     g = torch.Generator().manual_seed(2)
     K = torch.randn(32, 5, generator=g, dtype=torch.float64)

@@ -187,7 +187,7 @@ def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, at, tok):
         rows = [T.Row([0] + r.ids, r.subj + 1, r.start + 1, r.req, r.kind) for r in rows]
     assert len({r.subj for r in rows}) > 2 and len({len(r.ids) - r.subj for r in rows}) > 2
     kl = {id(r): torch.zeros(VOCAB) for r in rows}, {id(r): 1.0 for r in rows}
-    kw = T._cache_kw(model)
+    kw = T.cache_kw(model)
     spec = spec_for(model)
     name = spec.layer(1) if at == "block" else spec.mlp_out_at(1)
     below = T._below(model, name)

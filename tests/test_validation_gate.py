@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +51,25 @@ def test_batched_greedy_with_left_padding_equals_one_prompt_at_a_time():
         with torch.no_grad():
             ref = model(input_ids=torch.tensor([p])).logits[0, -1].argmax().item()
         assert batched[i][0] == ref
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_greedy_on_the_key_value_cache_says_what_the_whole_rows_say(family):
+    """Each step on the cache (the new token only, the last position's logits only) gives the tokens and the
+    first log-probabilities of running the whole left-padded rows again; a batch that would outgrow the
+    model's 64 positions runs on its window as before."""
+    tok = tiny_tokenizer(300)
+    model = tiny_model(family, vocab=300, d_model=48, d_mlp=96, init_range=0.2)  # sharp: no near-ties
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 300, (n,), generator=g).tolist() for n in (3, 17, 8, 8, 1, 25, 12)]
+    n_tokens = [12, 5, 12, 1, 12, 9, 12]
+    whole = greedy(model, tok, prompts, n_tokens, batch_size=3, kv_cache=False)
+    cached = greedy(model, tok, prompts, n_tokens, batch_size=3)
+    assert cached[0] == whole[0] and [len(o) for o in cached[0]] == n_tokens
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached[1], whole[1]))
+    long = [torch.randint(1, 300, (58,), generator=g).tolist()]
+    assert greedy(model, tok, long, [12])[0] == greedy(model, tok, long, [12], kv_cache=False)[0]
 
 
 @pytest.mark.unit

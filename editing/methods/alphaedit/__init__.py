@@ -29,6 +29,9 @@ class AlphaEditHparams:
     # λ of MEMIT's λ C inside the null space: A = P (K Kᵀ + K_p K_pᵀ + λ C) + α I. 0 is the paper's update; above
     # it, the directions the projection keeps are still penalised by what variance the statistics give them
     mom2_update_weight: float = 0.0
+    # w in A = P (K Kᵀ + w K_p K_pᵀ + λ C) + α I: how hard the earlier edits' keys are held against the batch's
+    # (1 is the paper's: an earlier edit weighs as much as a new one)
+    preserve_weight: float = 1.0
     # What an edit adds to the preserved sums: "mean" -- k kᵀ of each request's key (the mean over the prompts it
     # is read on, the reference's); "prompts" -- the mean of k kᵀ over those prompts (each prompt's key held)
     preserve: str = "mean"
@@ -54,6 +57,8 @@ class AlphaEditHparams:
             raise HparamsError(f"'nullspace_threshold': expected a share in (0, 1), found {self.nullspace_threshold}")
         if self.mom2_update_weight < 0:
             raise HparamsError(f"'mom2_update_weight': expected a value >= 0, found {self.mom2_update_weight}")
+        if self.preserve_weight <= 0:
+            raise HparamsError(f"'preserve_weight': expected a value > 0, found {self.preserve_weight}")
         if self.preserve not in ("mean", "prompts"):
             raise HparamsError(f"'preserve': expected 'mean' or 'prompts', found {self.preserve!r}")
         if any(len(p) != 2 or min(p) < 1 for p in self.preserve_templates):

@@ -173,7 +173,7 @@ def run(x: Inputs) -> Output:
               for layer in hp.layers}
 
     def solve_layer(layer: int, resid: torch.Tensor, K: torch.Tensor) -> D.LayerDelta:
-        preserved = state.at(layer, K.shape[0])
+        preserved = hp.preserve_weight * state.at(layer, K.shape[0])
         if hp.mom2_update_weight:
             preserved = preserved + hp.mom2_update_weight * x.covs[layer].double()
         return layer_update(resid, K, Ps[layer], preserved, alphas[layer])
