@@ -162,7 +162,9 @@ def test_compute_edit_carries_the_preserved_keys_from_one_edit_to_the_next(tmp_p
 
 def test_preserve_weight_holds_the_earlier_edits_keys_harder(tmp_path):
     """preserve_weight w in P (K Kᵀ + w K_p K_pᵀ + λ C) + α I: the same second edit moves the first edit's keys'
-    outputs less at w 10 than at the paper's 1, and reaches its own keys' residuals less (the trade-off)."""
+    outputs less at w 10 than at the paper's 1, and still reaches its own keys, which lie apart from them (the
+    trade-off shows only where they overlap: on this tiny model the two moved its own keys' outputs within 1e-7 of
+    each other, one way on one machine and the other way on another)."""
     from editing.arch import spec_for
     from editing.targets import keys
 
@@ -183,7 +185,7 @@ def test_preserve_weight_holds_the_earlier_edits_keys_harder(tmp_path):
         return float((ld.U.double() @ ld.V.double().T @ K).norm())
 
     assert moved(ten, held) < 0.5 * moved(one, held)
-    assert moved(ten, own) < moved(one, own)
+    assert moved(ten, own) > 0.99 * moved(one, own) > 0
     assert ten.state.count == one.state.count == 3 and torch.equal(ten.state.sums[1], one.state.sums[1])
     with pytest.raises(H.HparamsError, match="preserve_weight"):
         H.with_changes(hp, preserve_weight=0.0)

@@ -461,9 +461,11 @@ def test_subject_probes_leave_out_the_edited_fact_said_in_other_words(tiny_build
         return [p for p in rep.probes if p["kind"] == "subject"]
 
     rows = subject_rows(None)
-    answers = [p["before"].split()[0].strip(".,") for p in rows if p["before"].split()]
-    old = next(a for a in answers if a.isalpha() and a != "Swedish")  # a word the base model says about France
-    assert any(mentions(p["before"], old) for p in rows)
+    # a word the base model says about France in some answers and not in others (not a word every answer has:
+    # one build answered "the Netherlands is", "the euro." and ", of the" -- "the" would leave no row to keep)
+    words = [w.strip(".,") for p in rows for w in p["before"].split()]
+    old = next(w for w in words if w.isalpha() and w != "Swedish"
+               and 0 < sum(mentions(p["before"], w) for p in rows) < len(rows))
     kept = subject_rows(old)
     assert kept and not any(mentions(p["before"], old) for p in kept)
     assert {p["prompt"] for p in kept} == {p["prompt"] for p in rows if not mentions(p["before"], old)}
