@@ -70,3 +70,18 @@ def synthetic_build(home: Path):
     # facts after the MEMIT batch of 50, under the test's 95 %; the float32 build keeps them all.
     return build_sandbox(facts, home / "models" / "synthetic", preset("tiny", precision="float32"), seed=0,
                          preset_name="tiny", cache_dir=home / "cache" / "sandbox")
+
+
+# Lifelong editing where keys collide: 25 pairs of made-up countries that share a name ("North X", "South X").
+TWIN_SUBJECTS = 50
+
+
+@pytest.fixture(scope="session")
+def twins_build(home: Path):
+    """The tiny preset on 25 twin pairs of made-up countries x 3 relations (sandbox.synthetic_facts(twins=True)),
+    float32 on every machine (as synthetic_build), built once per session (cached): 180 s on 2 cores."""
+    from sandbox import build_sandbox, preset, synthetic_facts
+
+    facts = synthetic_facts(TWIN_SUBJECTS, twins=True)
+    return build_sandbox(facts, home / "models" / "twins", preset("tiny", precision="float32"), seed=0,
+                         preset_name="tiny", cache_dir=home / "cache" / "sandbox")

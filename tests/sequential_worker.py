@@ -1,6 +1,7 @@
 """One method's edits run after run on a sandbox, as the pipeline applies them (each run's keep prompts from its
 own batch, the state carried, the edits a run replaces released), greedy on every edit so far after each run.
-Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss] [--threads N]``;
+Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss] [--threads N]
+[--hparams FILE]``;
 prints JSON (one thread unless told: SIGUSR1 takes a second)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 
 def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop_on_loss: bool = False,
-        threads: int = 1) -> list[dict]:
+        threads: int = 1, hparams: Path | None = None) -> list[dict]:
     import torch
 
     from bench import _greedy as G
@@ -31,7 +32,7 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     facts = G.model_facts(model_dir)
     raw = world_requests(model_dir, runs * per, seed=0)
     batches = [G.with_probes(raw[k * per:(k + 1) * per], facts) for k in range(runs)]
-    hp = H.default(method, "sandbox")
+    hp = H.load(hparams, method) if hparams else H.default(method, "sandbox")
     model, state, last, done, out = copy.deepcopy(base), None, {}, [], []
     for k, batch in enumerate(batches):
         released = [last[r.subject] for r in batch if r.subject in last]
@@ -63,4 +64,5 @@ def lost_edits(runs: list[dict]) -> list[str]:
 if __name__ == "__main__":
     a = sys.argv[1:]
     threads = int(a[a.index("--threads") + 1]) if "--threads" in a else 1
-    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a, threads)))
+    hparams = Path(a[a.index("--hparams") + 1]) if "--hparams" in a else None
+    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a, threads, hparams)))
