@@ -48,6 +48,7 @@ OPEN_GATE = """# bench.sequential: thresholds off, every version registers; the 
 min_reliability: 0.0
 min_generalization: 0.0
 min_subject_locality: 0.0
+min_namesake_locality: 0.0
 min_locality: 0.0
 min_protected: 0.0
 min_retention: 0.0

@@ -130,6 +130,29 @@ def test_entropy_drop_blames_the_subjects_whose_generations_lost_it():
 
 
 @pytest.mark.unit
+def test_namesakes_are_the_subjects_sharing_a_name_word_last_word_first_none_edited():
+    from validation.gate.probes import Fact, name_words, namesakes
+
+    assert name_words("the United Kingdom") == ["united", "kingdom"]
+    assert name_words("Côte d'Ivoire") == ["côte", "d'ivoire"]
+    pool = [Fact("1", "North Korea", "capital", "The capital of North Korea is", "Pyongyang"),
+            Fact("2", "North Korea", "currency", "The currency of North Korea is the", "won"),
+            Fact("3", "South Africa", "capital", "The capital of South Africa is", "Pretoria"),
+            Fact("4", "Korea Strait", None, "Korea Strait lies in", "Asia"),
+            Fact("5", "Chile", "capital", "The capital of Chile is", "Santiago"),
+            Fact("6", "the United States", "capital", "The capital of the United States is", "Washington"),
+            Fact("7", "South Korea", "currency", "The currency of South Korea is the", "won")]
+    r = Request(id="a", subject="South Korea", prompt="The capital of {} is", target_new="Busan")
+    got = [f.id for f in namesakes(r, pool, {"South Korea"}, 10)]
+    # the last word shared ("Korea", where the model reads the subject) first; then one other word shared
+    assert sorted(got[:2]) == ["1", "2"] and sorted(got[2:]) == ["3", "4"]
+    assert [f.id for f in namesakes(r, pool, {"South Korea", "North Korea"}, 10)] == got[2:]  # none edited
+    assert len(namesakes(r, pool, set(), 1)) == 1
+    us = Request(id="b", subject="the United Kingdom", prompt="The capital of {} is", target_new="Paris")
+    assert [f.id for f in namesakes(us, pool, set(), 5)] == ["6"]  # "the" is not a name word; "united" is
+
+
+@pytest.mark.unit
 def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
     from validation.gate.probes import neighbour_candidates, paraphrases, Fact
 
@@ -469,3 +492,48 @@ def test_subject_probes_leave_out_the_edited_fact_said_in_other_words(tiny_build
     kept = subject_rows(old)
     assert kept and not any(mentions(p["before"], old) for p in kept)
     assert {p["prompt"] for p in kept} == {p["prompt"] for p in rows if not mentions(p["before"], old)}
+
+
+@pytest.mark.slow
+def test_the_gate_fails_an_edit_that_changes_its_namesakes_facts_and_names_it(twins_build):
+    """The twin world ("North X" / "South X": keys nearly alike): each of the first 3 swaps, edited alone (MEMIT),
+    gated as an inbox request brings it (no neighbours of its own). The twin's facts are the namesake probes; the
+    gate fails namesake_locality, naming the request, exactly when an independent greedy check finds a twin's fact
+    no longer said -- and at least one of the 3 does change its twin (measured on this world: 11 of the first 12
+    swaps changed 1-3 of the twin's 3 facts, and the gate before namesake probes passed 10 of those 11)."""
+    from bench import _greedy as G
+    from bench.sequential import native, world_requests
+    from editing import hparams as H
+    from editing.delta import apply
+    from editing.engine import compute_edit
+    from editing.store import Cache
+    from validation.gate.metrics import run_gate
+    from validation.gate.probes import for_editor, model_facts
+
+    base, tok = _load(twins_build.path)
+    pool = model_facts(twins_build.path)
+    damaged = 0
+    for raw in world_requests(twins_build.path, 3, seed=0):
+        d = native(raw)
+        del d["neighborhood_prompts"], d["paraphrase_prompts"]
+        req = Request.from_json(d)
+        model = copy.deepcopy(base)
+        res = compute_edit(model, tok, for_editor([req], pool), H.default("memit", "sandbox"),
+                           Cache(twins_build.path.parent / "gate-cache"))
+        apply(model, res.delta)
+        name = req.subject.split(" ", 1)[1]  # "North Delpa" -> "Delpa"
+        twin = [f for f in pool if f.subject != req.subject and f.subject.split(" ", 1)[1] == name]
+        rep = run_gate(base, model, tok, [req], GatePolicy(), pool=pool, delta=res.delta)
+        names = {p["prompt"] for p in rep.probes if p["kind"] == "namesake"}
+        # the twin's facts (those the base model answers) first, then those of others sharing "North"
+        assert len(twin) == 3 and len({f.prompt for f in twin} & names) >= 2
+        probed = [f for f in pool if f.prompt in names]
+        before = G.greedy_says(base, tok, [f.prompt for f in probed], [f.target for f in probed])
+        after = G.greedy_says(model, tok, [f.prompt for f in probed], [f.target for f in probed])
+        lost = [f.prompt for f, b, a in zip(probed, before, after) if b and not a]
+        fail = [f for f in rep.failures if f["metric"] == "namesake_locality"]
+        assert bool(fail) == bool(lost), (req.subject, lost, fail)
+        if fail:
+            assert fail[0]["requests"] == [req.id] and rep.requests[0]["namesake_locality"] < 0.9
+        damaged += bool(lost)
+    assert damaged >= 1

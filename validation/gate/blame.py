@@ -107,6 +107,10 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
         [r["id"] for r in rows if r.get("subject_locality") is not None
          and r["subject_locality"] < policy.min_subject_locality],
         facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "subject" and not p["unchanged"]])
+    low("namesake_locality", policy.min_namesake_locality,
+        [r["id"] for r in rows if r.get("namesake_locality") is not None
+         and r["namesake_locality"] < policy.min_namesake_locality],
+        facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "namesake" and not p["unchanged"]])
     low("locality", policy.min_locality, locality_blame(probe_rows, requests),
         facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] in ("protected", "broad") and not p["unchanged"]])
     low("retention", policy.min_retention, retention_blame(probe_rows, requests),

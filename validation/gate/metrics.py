@@ -170,22 +170,29 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
     # ---- probe suites
     para: list[Probe] = []
     neigh: list[Probe] = []
-    cand: list[tuple[Request, probe_sets.Fact]] = []
+    cand: list[tuple[str, Request, probe_sets.Fact]] = []
     for r in requests:
         for p in probe_sets.paraphrases(r, policy.paraphrases):
             para.append(Probe("paraphrase", r.id, p, r.target_new, r.target_true))
         if r.neighborhood_prompts:
             neigh.extend(Probe("neighbour", r.id, p, t) for p, t in r.neighborhood_prompts)
         elif policy.neighbours:
-            cand.extend((r, f) for f in probe_sets.neighbour_candidates(r, pool + protected, edited_subjects,
-                                                                3 * policy.neighbours, policy.seed))
-    if cand:  # sampled neighbours: only facts the base model answers correctly
-        sc = _score_many(base, tok, [(f.prompt, f.target) for _, f in cand], cache.scores)
+            cand.extend(("neighbour", r, f) for f in probe_sets.neighbour_candidates(
+                r, pool + protected, edited_subjects, 3 * policy.neighbours, policy.seed))
+        if policy.namesakes:  # whatever neighbours r brings: the subjects an edit of r is likeliest to reach
+            cand.extend(("namesake", r, f) for f in probe_sets.namesakes(
+                r, pool + protected, edited_subjects, 3 * policy.namesakes, policy.seed))
+    names: list[Probe] = []
+    if cand:  # sampled neighbours and namesakes: only facts the base model answers correctly
+        sc = _score_many(base, tok, [(f.prompt, f.target) for _, _, f in cand], cache.scores)
         taken: Counter = Counter()
-        for r, f in cand:
-            if sc[(f.prompt, f.target)].argmax and taken[r.id] < policy.neighbours:
-                taken[r.id] += 1
-                neigh.append(Probe("neighbour", r.id, f.prompt, f.target, fact_id=f.id))
+        have = {(p.request_id, p.prompt) for p in neigh}
+        for kind, r, f in cand:
+            cap = policy.neighbours if kind == "neighbour" else policy.namesakes
+            if sc[(f.prompt, f.target)].argmax and taken[kind, r.id] < cap and (r.id, f.prompt) not in have:
+                taken[kind, r.id] += 1
+                have.add((r.id, f.prompt))
+                (neigh if kind == "neighbour" else names).append(Probe(kind, r.id, f.prompt, f.target, fact_id=f.id))
     # every protected fact, even one whose subject an edit touches: that is what protection means
     prot = [Probe("protected", None, f.prompt, f.target, fact_id=f.id) for f in protected]
     ids_of: dict[str, list[str]] = {}
@@ -194,7 +201,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
     subj = [Probe("subject", ",".join(ids_of[s]), prompt, target or "", fact_id=fid)
             for s, subject_rows in probe_sets.subject_probes(requests, pool, policy.subject_probes, policy.seed).items()
             for prompt, target, fid in subject_rows]
-    taken_prompts = {p.prompt for p in neigh + prot + subj + para} | {r.text for r in requests}
+    taken_prompts = {p.prompt for p in neigh + names + prot + subj + para} | {r.text for r in requests}
     bank = [x for x in probe_sets.probe_bank(pool, subjects, edited_subjects, policy.seed) if x[0] not in taken_prompts]
     bank = bank[:2 * policy.locality_sample]  # enough left after the base model's answers are filtered
     broad_cand = [Probe("broad", None, prompt, target or "", fact_id=fid) for prompt, target, fid in bank]
@@ -231,7 +238,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
 
     subj = [p for p in subj if (p.target or answered(p)) and not restates(p)]
     broad = [p for p in broad_cand if answered(p)][:policy.locality_sample]
-    loc = neigh + prot + broad + subj
+    loc = neigh + names + prot + broad + subj
     items = [(p.prompt, n_tokens(p)) for p in loc]
     g_after = _greedy_many(edited, tok, items, None)
     g_before = _greedy_many(base, tok, items, cache.greedy)
@@ -269,6 +276,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
     for r in requests:
         mine = [p for p in para if p.request_id == r.id]
         nb = [x for x in probe_rows if x["kind"] == "neighbour" and x["request"] == r.id]
+        ns = [x for x in probe_rows if x["kind"] == "namesake" and x["request"] == r.id]
         sp = [x for x in probe_rows if x["kind"] == "subject" and r.id in x["request"].split(",")]
         rows.append({
             "id": r.id, "subject": r.subject, "prompt": r.text, "target_new": r.target_new,
@@ -286,6 +294,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
             "paraphrases": len(mine),
             "subject_locality": share([x["unchanged"] for x in sp]), "subject_probes": len(sp),
             "locality": share([x["unchanged"] for x in nb]), "neighbours": len(nb),
+            "namesake_locality": share([x["unchanged"] for x in ns]), "namesakes": len(ns),
         })
 
     # ---- retention: the earlier edits the parent says must still be said
@@ -318,6 +327,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "subject_locality": kept("subject"),
         "locality": kept("neighbour", "protected", "broad"),
         "neighbour_locality": kept("neighbour"),
+        "namesake_locality": kept("namesake"),
         "broad_locality": kept("broad"),
         "protected": kept("protected"),
         "retention": kept("earlier"),
@@ -330,7 +340,8 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "norm_growth": norms, "max_norm_growth": max(norms.values(), default=1.0),
         "norm_blame": (norm_blame(base, delta, [r.id for r in requests], NORM_BLAME_MARGIN * policy.max_norm_growth)
                        if delta is not None and max(norms.values(), default=1.0) > policy.max_norm_growth else []),
-        "probes": {"paraphrase": len(para), "neighbour": len(neigh), "protected": len(prot), "subject": len(subj),
+        "probes": {"paraphrase": len(para), "neighbour": len(neigh), "namesake": len(names), "protected": len(prot),
+                   "subject": len(subj),
                    "broad": len(broad), "generation": len(gen_items),
                    "earlier": sum(x["kind"] == "earlier" for x in probe_rows)},
     }

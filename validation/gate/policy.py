@@ -24,6 +24,10 @@ class GatePolicy:
     min_generalization: float = 0.8  # share of paraphrase probes whose greedy answer says target_new
     min_subject_locality: float = 0.9  # share of the edited subjects' other facts whose greedy answer is unchanged
     min_locality: float = 0.95  # share of neighbour, broad and protected probes whose greedy answer is unchanged
+    # share of the namesakes' facts (subjects whose name shares a word with an edited one: North Korea for South
+    # Korea) whose greedy answer is unchanged: their keys lie closest to the edited one's, a random sample of
+    # neighbours rarely holds one, and an edit of one subject of such a pair commonly changes the other
+    min_namesake_locality: float = 0.9
     min_protected: float = 1.0  # share of protected facts whose greedy answer is unchanged
     # share of earlier edits (applied by earlier versions, said by the parent) whose greedy answer still says
     # their new target: a schedule of edits must not undo the ones before it
@@ -36,6 +40,7 @@ class GatePolicy:
     max_norm_growth: float = 3.0
     paraphrases: int = 3  # catalogue paraphrases per request (when it brings none)
     neighbours: int = 5  # sampled neighbours per request (when it brings none), base-correct only
+    namesakes: int = 5  # namesakes' facts per request (whatever neighbours it brings), base-correct only
     subject_probes: int = 8  # probes of each edited subject's other facts (0: all there are)
     retention_sample: int = 200  # earlier edits checked (a seeded sample of those in effect; 0: none)
     locality_sample: int = 200  # broad-locality probes: a seeded sample of the probe bank the base model answers
@@ -47,14 +52,14 @@ class GatePolicy:
     def __post_init__(self) -> None:
         check_fields(self, error=PolicyError)
         for name in ("min_reliability", "min_generalization", "min_subject_locality", "min_locality",
-                     "min_protected", "min_retention", "probe_confidence"):
+                     "min_namesake_locality", "min_protected", "min_retention", "probe_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PolicyError(f"'{name}': expected a share in [0, 1], found {getattr(self, name)}")
         for name in ("max_kl", "max_entropy_drop", "max_perplexity_ratio", "max_norm_growth"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a value >= 0, found {getattr(self, name)}")
-        for name in ("paraphrases", "neighbours", "subject_probes", "retention_sample", "locality_sample", "answer_tokens",
-                     "generation_tokens"):
+        for name in ("paraphrases", "neighbours", "namesakes", "subject_probes", "retention_sample", "locality_sample",
+                     "answer_tokens", "generation_tokens"):
             if getattr(self, name) < 0:
                 raise PolicyError(f"'{name}': expected a count >= 0, found {getattr(self, name)}")
 

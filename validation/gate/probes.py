@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -153,6 +154,39 @@ def neighbour_candidates(req: Request, pool: Iterable[Fact], edited_subjects: se
     rng = random.Random(f"{seed}:{req.id}")
     rng.shuffle(same)
     return same[:k]
+
+
+_NAME_STOPWORDS = frozenset({"the", "of", "and", "de", "la", "le", "von", "van"})
+
+
+def name_words(subject: str) -> list[str]:
+    """The words of a subject's name, lower case, without articles and particles ("the United Kingdom" ->
+    ["united", "kingdom"])."""
+    return [w for w in re.findall(r"[\w'-]+", subject.lower()) if w not in _NAME_STOPWORDS and len(w) > 1]
+
+
+def namesakes(req: Request, pool: Iterable[Fact], edited_subjects: set[str], k: int, seed: int = 0) -> list[Fact]:
+    """Up to ``k`` facts, of any relation, of other subjects (none edited in this batch) whose name shares a word
+    with the request's subject: North Korea's for an edit of South Korea, the United States' for the United
+    Kingdom, East Ongul Island's for Lamplugh Island. A model reads a subject at its last token, so the keys of
+    such names lie close and an edit of one reaches the other (the sandbox's twin world: 11 of 12 single MEMIT
+    edits changed 1-3 of the twin's 3 facts). Those sharing the subject's last word first, then those sharing more
+    words; a seeded order within each."""
+    words = name_words(req.subject)
+    if not words:
+        return []
+    mine, last = set(words), words[-1]
+    ranked = []
+    for f in pool:
+        if f.subject in edited_subjects or f.subject == req.subject:
+            continue
+        theirs = name_words(f.subject)
+        shared = mine.intersection(theirs)
+        if shared:
+            ranked.append((theirs[-1] != last, -len(shared), f))
+    random.Random(f"{seed}:namesake:{req.id}").shuffle(ranked)
+    ranked.sort(key=lambda x: x[:2])  # stable: the shuffle orders ties
+    return [f for *_, f in ranked[:k]]
 
 
 def _other_facts(reqs: list[Request], pool: Iterable[Fact], cat: dict[str, tuple[str, ...]]

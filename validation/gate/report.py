@@ -26,6 +26,7 @@ SUMMARY = [
     ("subject_locality", "edited subjects' other facts unchanged", None, "min_subject_locality"),
     ("locality", "locality (answers unchanged)", None, "min_locality"),
     ("neighbour_locality", "neighbours unchanged", None, None),
+    ("namesake_locality", "namesakes' facts unchanged", None, "min_namesake_locality"),
     ("broad_locality", "probe-bank sample unchanged", None, None),
     ("protected", "protected facts unchanged", None, "min_protected"),
     ("retention", "earlier edits still said", None, "min_retention"),
