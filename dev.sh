@@ -28,9 +28,19 @@ setup() {
   fi
 }
 
+# Bytecode: Python compiles each module it imports on first use (setup installs with --no-compile) and keeps it
+# under .venv/pycache, out of the source tree, whatever PYTHONDONTWRITEBYTECODE says: with that variable set
+# (this machine's shells set it) every process compiled torch, transformers, MLflow and Prefect from source again
+# -- 11 s to import the four instead of 6, 22 s for `factsmith registry init` instead of 9, in each of the
+# test suite's many processes.
+bytecode() {
+  unset PYTHONDONTWRITEBYTECODE
+  export PYTHONPYCACHEPREFIX="$PWD/.venv/pycache"
+}
+
 case "${1:-}" in
-  demo)  shift; setup; exec .venv/bin/factsmith demo "$@" ;;
-  test)  shift; setup; export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1; exec .venv/bin/python -m pytest "$@" ;;
+  demo)  shift; setup; bytecode; exec .venv/bin/factsmith demo "$@" ;;
+  test)  shift; setup; bytecode; export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1; exec .venv/bin/python -m pytest "$@" ;;
   setup) setup ;;
   *) echo "usage: bash dev.sh demo|test|setup" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 """One method's edits run after run on a sandbox, as the pipeline applies them (each run's keep prompts from its
 own batch, the state carried, the edits a run replaces released), greedy on every edit so far after each run.
 Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss] [--threads N]
-[--hparams FILE]``;
-prints JSON (one thread unless told: SIGUSR1 takes a second)."""
+[--hparams FILE] [--more-threads-when FILE]``; prints JSON (one thread unless told; two from the next run on once
+FILE exists: the worker beside it has finished. A file, not a signal: a signal that reaches a worker already
+shutting down, its handlers reset by the interpreter, kills it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 
 def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop_on_loss: bool = False,
-        threads: int = 1, hparams: Path | None = None) -> list[dict]:
+        threads: int = 1, hparams: Path | None = None, more_threads_when: Path | None = None) -> list[dict]:
     import torch
 
     from bench import _greedy as G
@@ -24,10 +25,6 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     from editing.store import Cache
 
     torch.set_num_threads(threads)
-    import signal
-
-    # SIGUSR1: the other worker beside this one has finished, take both cores
-    signal.signal(signal.SIGUSR1, lambda *_: torch.set_num_threads(2))
     base, tok = modeldir.load(model_dir, "cpu")
     facts = G.model_facts(model_dir)
     raw = world_requests(model_dir, runs * per, seed=0)
@@ -35,6 +32,8 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     hp = H.load(hparams, method) if hparams else H.default(method, "sandbox")
     model, state, last, done, out = copy.deepcopy(base), None, {}, [], []
     for k, batch in enumerate(batches):
+        if more_threads_when is not None and more_threads_when.exists():
+            torch.set_num_threads(2)  # the worker beside this one has finished: take both cores
         released = [last[r.subject] for r in batch if r.subject in last]
         res = compute_edit(model, tok, batch, hp, Cache(cache_dir), state=state, released=released)
         apply(model, res.delta)
@@ -65,4 +64,6 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     threads = int(a[a.index("--threads") + 1]) if "--threads" in a else 1
     hparams = Path(a[a.index("--hparams") + 1]) if "--hparams" in a else None
-    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a, threads, hparams)))
+    flag = Path(a[a.index("--more-threads-when") + 1]) if "--more-threads-when" in a else None
+    print(json.dumps(run(Path(a[0]), a[1], Path(a[2]), int(a[3]), int(a[4]), "--stop-on-loss" in a, threads, hparams,
+                         flag)))

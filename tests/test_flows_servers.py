@@ -59,8 +59,9 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
 def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch):
     backend = f"{pg}/mlflow" if pg else f"sqlite:///{tmp_path / 'mlflow.db'}"
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)]
-    with mlflow_server(tmp_path, backend, env, pg, admin_pw, port=mport) as client, \
-            started(prefect_cmd, env, tmp_path / "prefect.log") as pf:
+    # the Prefect server starts while the MLflow server does (each takes 15-20 s on 2 cores)
+    with started(prefect_cmd, env, tmp_path / "prefect.log") as pf, \
+            mlflow_server(tmp_path, backend, env, pg, admin_pw, port=mport) as client:
         env.update(client)
         wait_http(f"http://127.0.0.1:{pport}/api/health", pf, tmp_path / "prefect.log")
         _run([str(BIN / "factsmith"), "registry", "init", "--model", str(tiny_build.path), "--name", NAME, "--json"], env)
