@@ -120,12 +120,15 @@ class _Chunk:
     rix: torch.Tensor  # (B,) request of each row
     bix: torch.Tensor  # (B,) 0..B-1
     six: torch.Tensor  # (B,) subject's last token of each row
-    keep: torch.Tensor  # (B, L) the positions whose logits are read: a rewrite row's L positions that predict
-    #                     its target tokens; an essence row's last prompt position in column 0 (0 pads both)
-    tgt: torch.Tensor  # (B, L) target ids of rewrite rows (0 elsewhere)
-    msk: torch.Tensor  # (B, L) 1 where a target token is
+    read: torch.Tensor  # (B, T) bool: the positions whose logits are read — a rewrite row's positions that
+    #                     predict its target tokens, an essence or keep row's last prompt position. A step reads
+    #                     the logits of these N entries only, flat, in row-major order (no head on padding).
+    frow: torch.Tensor  # (N,) the row of each entry
+    tgt: torch.Tensor  # (N,) the target token an entry predicts (0 for an essence or keep row's entry)
+    msk: torch.Tensor  # (N,) 1 where an entry predicts a target token
     is_rw: torch.Tensor  # (B,) rewrite row (else essence or keep)
     eb: torch.Tensor  # (E,) essence and keep rows
+    eix: torch.Tensor  # (E,) the entry of each
     eref: torch.Tensor  # (E, V) their log p before the edit
     ew: torch.Tensor  # (E,) the weight of each one's KL in its request's loss
     ekeep: torch.Tensor  # (E,) a keep row (its answer is part of the argmax stop), else an essence row
@@ -143,7 +146,7 @@ class _Prefix:
     ids: torch.Tensor  # (B, S) suffix tokens: row b's ids[subj:], right-padded
     att: torch.Tensor  # (B, P + S) attention mask over the prefix block and the suffix block
     pos: torch.Tensor  # (B, S) position ids of the suffix tokens: subj, subj + 1, ...
-    keep: torch.Tensor  # (B, L) the chunk's keep positions in suffix coordinates
+    read: torch.Tensor  # (B, S) bool: the chunk's read positions in suffix coordinates
     # With a _Below: the output of the blocks up to δ's on the suffix block, δ = 0 (B, S, d): a step adds δ to it
     # and runs only the blocks above
     hidden: torch.Tensor | None = None
@@ -197,23 +200,33 @@ def cache_kw(model: nn.Module) -> str | None:
     return next((k for k in ("cache", "past_key_values") if k in params), None)
 
 
-def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Tensor, kw: str,
+def _run_to(r: Row) -> int:
+    """How much of a row a step runs: a rewrite row's last target token predicts nothing that is read (the
+    positions before it predict the target), and causal attention lets no earlier position see it."""
+    return len(r.ids) - 1 if r.kind == "rewrite" else len(r.ids)
+
+
+def _prefix(model: nn.Module, rows: list[Row], pad: int, device, read: torch.Tensor, kw: str,
             below: _Below | None = None) -> _Prefix:
     from transformers import DynamicCache
 
     B = len(rows)
     P = max(r.subj for r in rows)
-    S = max(len(r.ids) - r.subj for r in rows)
+    S = max(_run_to(r) - r.subj for r in rows)
     pre_ids = torch.full((B, P), pad, dtype=torch.long)
     pre_att = torch.zeros((B, P), dtype=torch.long)
     ids = torch.full((B, S), pad, dtype=torch.long)
     att = torch.zeros((B, S), dtype=torch.long)
+    sread = torch.zeros((B, S), dtype=torch.bool)
     subj = torch.tensor([r.subj for r in rows])
     for b, r in enumerate(rows):
+        n = _run_to(r) - r.subj
         pre_ids[b, :r.subj] = torch.tensor(r.ids[:r.subj], dtype=torch.long)
         pre_att[b, :r.subj] = 1
-        ids[b, :len(r.ids) - r.subj] = torch.tensor(r.ids[r.subj:])
-        att[b, :len(r.ids) - r.subj] = 1
+        ids[b, :n] = torch.tensor(r.ids[r.subj:r.subj + n])
+        att[b, :n] = 1
+        sread[b, :n] = read[b, r.subj:r.subj + n]
+    assert int(sread.sum()) == int(read.sum()), "a read position before the subject's last token"
     data = None
     if P:
         cache = DynamicCache(config=model.config)
@@ -226,8 +239,7 @@ def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Ten
                   position_ids=torch.arange(P)[None].expand(B, P).to(device), use_cache=True, **{kw: cache}, **head)
         data = [tuple(layer) for layer in cache]  # (keys, values, sliding window) per layer
     pos = subj[:, None] + torch.arange(S)[None]
-    pre = _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device),
-                  (keep - subj.to(keep.device)[:, None]).clamp_min(0))
+    pre = _Prefix(data, ids.to(device), torch.cat([pre_att, att], 1).to(device), pos.to(device), sread.to(device))
     if below is not None:
         extra = {kw: DynamicCache(data, config=model.config)} if data is not None else {}
         with torch.no_grad(), Trace(model, [below.name]) as tr, stop_after(model, below.name):
@@ -242,31 +254,35 @@ def _prefix(model: nn.Module, rows: list[Row], pad: int, device, keep: torch.Ten
 def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], kl_w: dict[int, float],
            model: nn.Module | None = None, kw: str | None = None, below: _Below | None = None) -> _Chunk:
     ids, att = _pad(rows, pad, device)
-    L = max([len(r.ids) - r.start for r in rows if r.kind == "rewrite"] or [1])
-    tgt = torch.zeros(len(rows), L, dtype=torch.long)
-    pos = torch.zeros(len(rows), L, dtype=torch.long)
-    msk = torch.zeros(len(rows), L)
-    for b, r in enumerate(rows):
+    read = torch.zeros(ids.shape, dtype=torch.bool)
+    frow: list[int] = []
+    tgt: list[int] = []
+    eix: list[int] = []
+    for b, r in enumerate(rows):  # entries in row-major order, as a boolean mask selects them
         if r.kind == "rewrite":
-            t = len(r.ids) - r.start
-            tgt[b, :t] = torch.tensor(r.ids[r.start:])
-            pos[b, :t] = torch.arange(r.start - 1, len(r.ids) - 1)  # logits at j predict token j + 1
-            msk[b, :t] = 1.0
+            read[b, r.start - 1:len(r.ids) - 1] = True  # logits at j predict token j + 1
+            tgt += r.ids[r.start:]
+            frow += [b] * (len(r.ids) - r.start)
         else:
-            pos[b, 0] = r.start - 1
+            read[b, r.start - 1] = True
+            eix.append(len(frow))
+            tgt.append(0)
+            frow.append(b)
     erows = [b for b, r in enumerate(rows) if r.kind != "rewrite"]
+    is_rw = torch.tensor([r.kind == "rewrite" for r in rows])
+    frow_t = torch.tensor(frow)
     return _Chunk(
         rows, ids, att,
         rix=torch.tensor([r.req for r in rows], device=device),
         bix=torch.arange(len(rows), device=device),
         six=torch.tensor([0 if kw is not None else r.subj for r in rows], device=device),  # suffix: column 0
-        keep=pos.to(device), tgt=tgt.to(device), msk=msk.to(device),
-        is_rw=torch.tensor([r.kind == "rewrite" for r in rows], device=device),
-        eb=torch.tensor(erows, dtype=torch.long, device=device),
+        read=read.to(device), frow=frow_t.to(device), tgt=torch.tensor(tgt).to(device),
+        msk=is_rw[frow_t].float().to(device), is_rw=is_rw.to(device),
+        eb=torch.tensor(erows, dtype=torch.long, device=device), eix=torch.tensor(eix, dtype=torch.long, device=device),
         eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
         ew=torch.tensor([kl_w[id(rows[b])] for b in erows], device=device),
         ekeep=torch.tensor([rows[b].kind == "keep" for b in erows], dtype=torch.bool, device=device),
-        pre=_prefix(model, rows, pad, device, pos.to(device), kw, below) if kw is not None else None,
+        pre=_prefix(model, rows, pad, device, read, kw, below) if kw is not None else None,
     )
 
 
@@ -283,6 +299,11 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
     new_of = {b: i for i, b in enumerate(idx.tolist())}
     e_keep = [i for i, b in enumerate(c.eb.tolist()) if b in new_of]
     e_ix = torch.tensor(e_keep, dtype=torch.long, device=dev)
+    alive = torch.tensor(live, device=dev)
+    ent = alive[c.frow].nonzero().squeeze(1)  # the live rows' entries, in order
+    new_entry = torch.cumsum(alive[c.frow].long(), 0) - 1  # old entry -> new entry (where kept)
+    remap = torch.full((len(live),), -1, dtype=torch.long, device=dev)
+    remap[idx] = torch.arange(len(idx), device=dev)
 
     def rows_of(t):
         return t.index_select(0, idx.to(t.device)) if isinstance(t, torch.Tensor) and t.dim() and len(t) == len(live) else t
@@ -290,12 +311,13 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
     pre = c.pre
     if pre is not None:
         pre = _Prefix([tuple(rows_of(t) for t in layer) for layer in pre.cache] if pre.cache is not None else None,
-                      rows_of(pre.ids), rows_of(pre.att), rows_of(pre.pos), rows_of(pre.keep),
+                      rows_of(pre.ids), rows_of(pre.att), rows_of(pre.pos), rows_of(pre.read),
                       rows_of(pre.hidden) if pre.hidden is not None else None)
     return _Chunk([c.rows[b] for b in idx.tolist()], rows_of(c.ids), rows_of(c.att), rix=rows_of(c.rix),
-                  bix=torch.arange(len(idx), device=dev), six=rows_of(c.six), keep=rows_of(c.keep),
-                  tgt=rows_of(c.tgt), msk=rows_of(c.msk), is_rw=rows_of(c.is_rw),
+                  bix=torch.arange(len(idx), device=dev), six=rows_of(c.six), read=rows_of(c.read),
+                  frow=remap[c.frow[ent]], tgt=c.tgt[ent], msk=c.msk[ent], is_rw=rows_of(c.is_rw),
                   eb=torch.tensor([new_of[b] for b in c.eb.tolist() if b in new_of], dtype=torch.long, device=dev),
+                  eix=new_entry[c.eix.index_select(0, e_ix)] if len(c.eb) else c.eix,
                   eref=c.eref.index_select(0, e_ix) if len(c.eb) else c.eref,
                   ew=c.ew.index_select(0, e_ix) if len(c.eb) else c.ew,
                   ekeep=c.ekeep.index_select(0, e_ix) if len(c.eb) else c.ekeep, pre=pre)
@@ -303,13 +325,13 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
 
 def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None, name: str, add, below: _Below | None = None
                   ) -> torch.Tensor:
-    """(B, L, V): the logits at the chunk's keep positions, δ added by ``add(name, hidden)`` at column ``c.six``:
+    """(N, V): the logits at the chunk's read positions (its entries), δ added by ``add(name, hidden)`` at column ``c.six``:
     to the replayed output of the blocks below it (``below``, with a cached prefix), else by a hook on ``name``.
     With a cached prefix only the suffix block runs, on a fresh cache holding the prefix's keys and values (a
     cache the step appended to would tie the next step to this step's graph)."""
     if c.pre is None:
         with Trace(model, [name], edit_output=add, retain_output=False):
-            return _logits_at(model, c.ids, c.att, c.keep)
+            return _logits_at(model, c.ids, c.att, c.read)
     p = c.pre
     extra = {}
     if p.cache is not None:
@@ -318,8 +340,9 @@ def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None, name: str, add, b
         extra = {kw: DynamicCache(p.cache, config=model.config)}
 
     def forward():
-        return model(input_ids=p.ids, attention_mask=p.att, position_ids=p.pos, use_cache=bool(extra),
-                     logits_to_keep=p.keep, **extra).logits
+        logits = model(input_ids=p.ids, attention_mask=p.att, position_ids=p.pos, use_cache=bool(extra),
+                       logits_to_keep=p.read, **extra).logits
+        return logits[p.read] if logits.dim() == 3 else logits  # (a model that does not flatten a mask)
 
     if below is None or p.hidden is None:
         with Trace(model, [name], edit_output=add, retain_output=False):
@@ -335,12 +358,17 @@ def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None, name: str, add, b
 
 
 def _logits_at(model: nn.Module, ids: torch.Tensor, att: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(B, K, V): the logits at positions ``keep`` (B, K) of each row. Hugging Face models take the positions
-    as ``logits_to_keep`` and run only those through the LM head (for a small model with a large vocabulary
-    the head is a large part of a step); others compute every position and gather."""
+    """The logits at chosen positions only: ``keep`` (B, K) positions of each row give (B, K, V); a boolean
+    ``keep`` (B, T) gives (N, V), the N positions it marks in row-major order. Hugging Face models take either as
+    ``logits_to_keep`` and run only those through the LM head (for a small model with a large vocabulary the
+    head is a large part of a step); others compute every position and gather."""
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits
-    return torch.take_along_dim(model(input_ids=ids, attention_mask=att).logits, keep[..., None], dim=1)
+        logits = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits
+        return logits[keep] if keep.dtype == torch.bool and logits.dim() == 3 else logits
+    logits = model(input_ids=ids, attention_mask=att).logits
+    if keep.dtype == torch.bool:
+        return logits[keep]
+    return torch.take_along_dim(logits, keep[..., None], dim=1)
 
 
 def _forward_to(model: nn.Module, module_name: str, ids: torch.Tensor, att: torch.Tensor) -> None:
@@ -640,18 +668,21 @@ def _optimize(model: nn.Module, tokenizer, module_name: str, requests: list[Edit
                 def add_delta(_name, hidden, c=c):
                     return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
 
-                logits = _chunk_logits(model, c, kw, module_name, add_delta, below)  # (B, L, V)
-                logp = F.log_softmax(logits.float(), -1)  # (B, L, V)
-                # One indexing op per chunk (a per-row index would build a (B, L, V) gradient per row).
-                picked = logp.gather(-1, c.tgt[..., None]).squeeze(-1) * c.msk  # (B, L)
-                nll_rows = -picked.sum(1) / c.msk.sum(1).clamp_min(1.0)  # (B,) mean over the target's tokens
-                kl_rows = torch.zeros(len(c.rows), device=device)
+                logits = _chunk_logits(model, c, kw, module_name, add_delta, below)  # (N, V)
+                logp = F.log_softmax(logits.float(), -1)  # (N, V)
+                B = len(c.rows)
+                # One indexing op per chunk (a per-row index would build an (N, V) gradient per row).
+                picked = logp.gather(-1, c.tgt[:, None]).squeeze(-1) * c.msk  # (N,)
+                count = torch.zeros(B, device=device).index_add(0, c.frow, c.msk).clamp_min(1.0)  # (B,)
+                nll_rows = -torch.zeros(B, device=device).index_add(0, c.frow, picked) / count  # (B,) mean per token
+                kl_rows = torch.zeros(B, device=device)
                 with torch.no_grad():  # (B,) a rewrite row's greedy tokens are its target's, by stop_margin nats
-                    top2 = logp.topk(2, dim=-1)  # (B, L, 2)
-                    lead = torch.where(top2.indices[..., 0] == c.tgt, top2.values[..., 0] - top2.values[..., 1], -1.0)
-                    ok = ((lead >= hp.stop_margin) & (lead >= 0) | (c.msk == 0)).all(1) | ~c.is_rw
+                    top2 = logp.topk(2, dim=-1)  # (N, 2)
+                    lead = torch.where(top2.indices[:, 0] == c.tgt, top2.values[:, 0] - top2.values[:, 1], -1.0)
+                    bad = ~((lead >= hp.stop_margin) & (lead >= 0)) & (c.msk > 0)  # (N,)
+                    ok = (torch.zeros(B, device=device).index_add(0, c.frow, bad.float()) == 0) | ~c.is_rw
                 if len(c.eb):
-                    cur = logp[c.eb, 0]  # (E, V)
+                    cur = logp[c.eix]  # (E, V)
                     kl = (c.eref.exp() * (c.eref - cur)).sum(-1)  # (E,) KL(p_before || p_after)
                     # a keep row costs only what it drifts past keep_margin nats: small moves of the subject's
                     # other answers are free, so the δ is not held to the trained contexts alone

@@ -167,6 +167,12 @@ def test_logits_at_chosen_positions_are_the_full_logits_there(family):
     for b in range(3):
         for k in range(2):
             assert torch.allclose(some[b, k], full[b, keep[b, k]], atol=1e-5)
+    mask = torch.zeros_like(ids, dtype=torch.bool)  # or a mask: its positions flat, in row-major order
+    mask[0, [1, 6]] = mask[2, 4] = True
+    with torch.no_grad():
+        flat = _logits_at(model, ids, att, mask)
+    assert flat.shape == (3, VOCAB)
+    assert torch.allclose(flat, torch.stack([full[0, 1], full[0, 6], full[2, 4]]), atol=1e-5)
 
 
 @pytest.mark.parametrize("at", ["block", "mlp_out"])
@@ -205,10 +211,13 @@ def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, at, tok):
 
         with torch.no_grad():
             out.append(T._chunk_logits(model, c, k, name, add, b))
-    read = (full.msk > 0) | (torch.arange(full.keep.shape[1]) == 0)  # the positions a step reads
-    assert out[0].abs()[read].max() > 1.0  # logits that the δ and the weights move
-    assert torch.allclose(out[1][read], out[0][read], atol=1e-4)
-    assert torch.allclose(out[2][read], out[0][read], atol=1e-4)
+    # the entries a step reads: every target token of a rewrite row, the last prompt token of the others
+    assert out[0].shape == (sum(len(r.ids) - r.start if r.kind == "rewrite" else 1 for r in rows), VOCAB)
+    assert out[0].abs().max() > 1.0  # logits that the δ and the weights move
+    assert torch.allclose(out[1], out[0], atol=1e-4)
+    assert torch.allclose(out[2], out[0], atol=1e-4)
+    # a step runs a rewrite row up to its last target token only: nothing reads that position
+    assert cached.pre.ids.shape[1] == max(len(r.ids) - r.subj - (r.kind == "rewrite") for r in rows)
     assert torch.equal(out[3], out[2])  # a step leaves the cache as it was
     assert list(below.blocks) == blocks  # and the model's blocks
 
