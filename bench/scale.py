@@ -175,9 +175,12 @@ def case_row(name, model, tok, case: str, steps: int, device: str, store, varian
         covs[layer] = a @ a.T + 1e-2 * torch.eye(d_k, dtype=torch.float64)
     if variant == "before":
         common["target__prefix_cache"] = False
+        common["target__attention"] = "model"
         if method == "memit":
             common["batched_targets"] = False
-    out: dict[str, Any] = {"model": name, "case": f"{name}/{case}" + ("/before" if variant == "before" else ""),
+    if variant in ("eager", "sdpa"):  # the presets with this attention kernel in the target steps
+        common["target__attention"] = variant
+    out: dict[str, Any] = {"model": name, "case": f"{name}/{case}" + ("" if variant == "after" else f"/{variant}"),
                            "method": method, "edits": n, "layers": layers, "d_k": d_k, "variant": variant}
     with C.PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -336,7 +339,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(SHAPES), help="comma-separated: " + ", ".join(SHAPES))
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--variants", default="after", help="comma-separated: after (the presets), before (issue 25's "
-                                                         "baseline: one request's v* at a time, whole rows each step)")
+                                                         "baseline: one request's v* at a time, whole rows each step), eager, sdpa "
+                                                         "(the presets with this attention kernel in the target steps)")
     ap.add_argument("--steps", type=int, default=3, help="target steps per case (each timed; the median of all but the "
                                                           "first is the step cost)")
     ap.add_argument("--stats-tokens", type=int, default=1024, help="tokens of the statistics / forward comparison")

@@ -103,7 +103,8 @@ def main() -> None:
                 f"target_steps_mean_{name}": round(sum(steps) / len(steps), 1) if steps else None,
                 **{f"{k}_{name}": g[k] for k in QUALITY if k in g}, f"efficacy_{name}": q["efficacy"]}
 
-    loop_hp = with_changes(hp, batched_targets=False, target__prefix_cache=False)  # the references' algorithm
+    # the references' algorithm: one request at a time, whole rows, the model's attention kernel
+    loop_hp = with_changes(hp, batched_targets=False, target__prefix_cache=False, target__attention="model")
     rows = []
     # ---------------------------------------------------------------- (a) before / after: one MEMIT batch
     for case in [c for c in CASES if c in wanted and c.startswith("targets-")]:
@@ -143,7 +144,8 @@ def main() -> None:
         probes = G.GreedyProbes.choose(model, tok, batch, facts, other_sample=100, seed=args.seed)
         compute_edit(model, tok, batch[:1], rome, store)  # warm-up: the caches
         row = {"case": "rome-100", "requests": len(batch), "short_batch": len(batch) < 100}
-        for name, h in (("loop", with_changes(rome, target__prefix_cache=False)), ("batched", rome)):
+        for name, h in (("loop", with_changes(rome, target__prefix_cache=False, target__attention="model")),
+                        ("batched", rome)):
             print(f"rome-100: {name}", file=sys.stderr, flush=True)
             applied, timings, steps = [], {}, []
             with C.PeakMemory(args.device) as mem:

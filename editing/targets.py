@@ -34,6 +34,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -585,9 +586,38 @@ def optimize_targets(model: nn.Module, tokenizer, module_name: str, requests: li
                    chunks=len(chunks))
 
 
+@contextmanager
+def attention(model: nn.Module, choice: str):
+    """The model with the attention kernel ``choice`` (TargetHparams.attention: "model", "eager", "sdpa") for
+    the time of the block, set back after it. A model that cannot switch (not a Hugging Face model, or one with a
+    kernel of its own) keeps its own."""
+    want = None if choice == "model" else choice
+    config = getattr(model, "config", None)
+    was = getattr(config, "_attn_implementation", None)
+    if want is None or was is None or was == want or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    try:
+        model.set_attn_implementation(want)
+    except (ValueError, ImportError) as e:  # a model that does not support it
+        log.info("attention: keeping %s (%s)", was, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(was)
+
+
 def _optimize(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest],
               templates: list[str], hp: TargetHparams) -> Targets:
     """:func:`optimize_targets` on one chunk: every request's rows in the same padded passes."""
+    with attention(model, hp.attention):
+        return _optimize_rows(model, tokenizer, module_name, requests, templates, hp)
+
+
+def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list[EditRequest],
+                   templates: list[str], hp: TargetHparams) -> Targets:
     t0 = time.perf_counter()
     n = len(requests)
     rows = _rows(tokenizer, requests, templates, hp)

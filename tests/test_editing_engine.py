@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editing import hparams as H
+from editing.arch import spec_for
 from editing.delta import Delta, apply, weights_sha256
 from editing.engine import compute_edit
 from editing.methods.memit import MemitHparams
@@ -243,6 +244,28 @@ def test_targets_with_the_cached_prefix_are_those_of_the_whole_rows(tok):
     b = optimize_targets(model, tok, "transformer.h.1", REQS, templates, dataclasses.replace(hp, prefix_cache=False))
     assert a.steps == b.steps and a.delta.norm() > 0
     assert torch.allclose(a.delta, b.delta, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_attention_kernel_of_the_steps_changes_nothing_but_speed(family, tok):
+    """``target.attention`` picks the kernel of the steps (the sandbox presets: eager); the targets are those of
+    the model's own kernel, and the model has its own again afterwards."""
+    model = tiny_model(family, vocab=VOCAB, init_range=0.2)
+    own = model.config._attn_implementation
+    hp = H.TargetHparams(v_steps=12, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0)
+    templates = ["{}", "Berlin is in Germany. {}"]
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
+    a = optimize_targets(model, tok, spec_for(model).layer(1), REQS, templates, hp)
+    b = optimize_targets(model, tok, spec_for(model).layer(1), REQS, templates,
+                         dataclasses.replace(hp, attention="eager" if own != "eager" else "sdpa"))
+    hook.remove()
+    assert set(seen) == {own, "eager" if own != "eager" else "sdpa"}
+    assert model.config._attn_implementation == own
+    assert a.steps == b.steps and a.delta.norm() > 0
+    assert torch.allclose(a.delta, b.delta, atol=1e-4, rtol=1e-3)
+    with pytest.raises(H.HparamsError, match="attention"):
+        H.TargetHparams(attention="flash")
 
 
 def test_requests_that_stop_early_leave_the_batch(tok):

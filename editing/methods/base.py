@@ -56,6 +56,11 @@ class TargetHparams:
     # A batch is optimised in chunks of requests one after another when its rows would not fit half the memory
     # free (editing.targets.memory_budget); this caps a chunk's requests too. 0: memory alone decides.
     chunk_requests: int = 0
+    # The attention kernel of the optimisation steps: "model" (the model's own), "eager" or "sdpa". Exact either
+    # way (the results agree to float tolerance); which is faster depends on the shape: a step attends from a
+    # short suffix, and on a CPU the fused kernel's overhead outweighs that for a small model (the sandbox
+    # presets) but not for GPT-2 medium (bench/README.md, "attention").
+    attention: str = "model"
 
     def __post_init__(self) -> None:
         check_fields(self, "target.")
@@ -85,6 +90,8 @@ def check_fields(obj: Any, prefix: str = "") -> None:
             raise HparamsError(f"'{prefix}{name}': expected a value >= 0, found {getattr(obj, name)}")
     if hasattr(obj, "mom2_dtype") and obj.mom2_dtype not in ("float32", "float16", "bfloat16", "float64"):
         raise HparamsError(f"'{prefix}mom2_dtype': expected float32, float16, bfloat16 or float64, found {obj.mom2_dtype!r}")
+    if hasattr(obj, "attention") and obj.attention not in ("model", "eager", "sdpa"):
+        raise HparamsError(f"'{prefix}attention': expected model, eager or sdpa, found {obj.attention!r}")
     if hasattr(obj, "stop") and obj.stop not in ("loss", "argmax"):
         raise HparamsError(f"'{prefix}stop': expected loss or argmax, found {obj.stop!r}")
     if hasattr(obj, "essence_prompts"):
