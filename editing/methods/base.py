@@ -59,7 +59,7 @@ class TargetHparams:
     # The attention kernel of the optimisation steps: "model" (the model's own), "eager" or "sdpa". Exact either
     # way (the results agree to float tolerance); which is faster depends on the shape: a step attends from a
     # short suffix, and on a CPU the fused kernel's overhead outweighs that for a small model (the sandbox
-    # presets) but not for GPT-2 medium (bench/README.md, "attention").
+    # presets); on the GPT-2 shapes the two are within noise (bench/README.md, "attention").
     attention: str = "model"
 
     def __post_init__(self) -> None:
