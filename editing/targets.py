@@ -324,6 +324,96 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
                   ekeep=c.ekeep.index_select(0, e_ix) if len(c.eb) else c.ekeep, pre=pre)
 
 
+def _pad_to(t: torch.Tensor, dim: int, n: int, value=0) -> torch.Tensor:
+    """``t`` padded at the end of ``dim`` to length ``n`` with ``value``."""
+    if t.shape[dim] == n:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n - t.shape[dim]
+    return torch.cat([t, t.new_full(shape, value)], dim)
+
+
+def _merge(cs: list[_Chunk]) -> _Chunk:
+    """One pass for the rows of several chunks of a cached prefix (:func:`_select`'s leftovers): each row's
+    prefix and suffix padded to the longest, the pads masked, so every row's logits are its own pass's. The
+    cached keys and values are joined, not run again."""
+    if len(cs) == 1:
+        return cs[0]
+    dev = cs[0].ids.device
+    rows_off = [0]
+    ent_off = [0]
+    for c in cs:
+        rows_off.append(rows_off[-1] + len(c.rows))
+        ent_off.append(ent_off[-1] + len(c.frow))
+    T = max(c.ids.shape[1] for c in cs)
+    pres = [c.pre for c in cs]
+    assert all(p is not None for p in pres)
+    S = max(p.ids.shape[1] for p in pres)
+    Ps = [p.att.shape[1] - p.ids.shape[1] for p in pres]
+    P = max(Ps)
+    cache = None
+    if P:
+        ref = next(p.cache for p in pres if p.cache is not None)
+        layers = []
+        for li, layer in enumerate(ref):
+            parts = []
+            for k, t in enumerate(layer):
+                if not isinstance(t, torch.Tensor) or t.dim() != 4:  # (a sliding window, the same for all)
+                    parts.append(t)
+                    continue
+                each = []
+                for c, p in zip(cs, pres):
+                    if p.cache is None:  # no row of this chunk has a prefix: masked zeros
+                        each.append(t.new_zeros((len(c.rows), t.shape[1], P, t.shape[3])))
+                    else:
+                        each.append(_pad_to(p.cache[li][k], 2, P))
+                parts.append(torch.cat(each))
+            layers.append(tuple(parts))
+        cache = layers
+    att = torch.cat([torch.cat([_pad_to(p.att[:, :Pi], 1, P), _pad_to(p.att[:, Pi:], 1, S)], 1)
+                     for p, Pi in zip(pres, Ps)])
+    hidden = None
+    if all(p.hidden is not None for p in pres):
+        hidden = torch.cat([_pad_to(p.hidden, 1, S) for p in pres])
+    pre = _Prefix(cache, torch.cat([_pad_to(p.ids, 1, S) for p in pres]), att,
+                  torch.cat([_pad_to(p.pos, 1, S) for p in pres]),
+                  torch.cat([_pad_to(p.read, 1, S, False) for p in pres]), hidden)
+
+    def cat(name, offsets=None):
+        ts = [getattr(c, name) for c in cs]
+        if offsets is not None:
+            ts = [t + o for t, o in zip(ts, offsets)]
+        return torch.cat(ts)
+
+    eref = [c.eref for c in cs if len(c.eb)]
+    return _Chunk(sum((c.rows for c in cs), []), torch.cat([_pad_to(c.ids, 1, T) for c in cs]),
+                  torch.cat([_pad_to(c.att, 1, T) for c in cs]), rix=cat("rix"),
+                  bix=torch.arange(rows_off[-1], device=dev), six=cat("six"),
+                  read=torch.cat([_pad_to(c.read, 1, T, False) for c in cs]), frow=cat("frow", rows_off),
+                  tgt=cat("tgt"), msk=cat("msk"), is_rw=cat("is_rw"), eb=cat("eb", rows_off),
+                  eix=cat("eix", ent_off), eref=torch.cat(eref) if eref else cs[0].eref, ew=cat("ew"),
+                  ekeep=cat("ekeep"), pre=pre)
+
+
+def _coalesce(chunks: list[_Chunk], size: int, overhead: int = 64) -> list[_Chunk]:
+    """Chunks that rows have left, merged into fewer passes of at most ``size`` rows where that costs less
+    (a pass costs its rows times its longest suffix, plus ``overhead`` positions, as :func:`_by_length` plans):
+    the last subjects of a batch would otherwise run in many small passes, each paying a pass's overhead."""
+    if len(chunks) < 2 or any(c.pre is None for c in chunks):
+        return chunks
+    order = sorted(chunks, key=lambda c: c.pre.ids.shape[1])  # by suffix length: the last one is the longest
+    out: list[list[_Chunk]] = [[order[0]]]
+    for c in order[1:]:
+        group = out[-1]
+        n = sum(len(g.rows) for g in group)
+        # together the group's rows pad to c's suffix; apart c's pass costs one overhead more
+        if n + len(c.rows) <= size and n * (c.pre.ids.shape[1] - group[-1].pre.ids.shape[1]) <= overhead:
+            group.append(c)
+        else:
+            out.append([c])
+    return [_merge(g) for g in out]
+
+
 def _chunk_logits(model: nn.Module, c: _Chunk, kw: str | None, name: str, add, below: _Below | None = None
                   ) -> torch.Tensor:
     """(N, V): the logits at the chunk's read positions (its entries), δ added by ``add(name, hidden)`` at column ``c.six``:
@@ -759,6 +849,7 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
                 # masked and their δ restored). A batch whose requests stop early then costs what is left.
                 frozen = done[group].tolist()
                 chunks = [x for x in (_select(c, [not frozen[r.req] for r in c.rows]) for c in chunks) if x is not None]
+                chunks = _coalesce(chunks, hp.batch_prompts)
             torch.where(done, torch.zeros_like(wd), wd).sum().backward()
             before = delta.detach().clone()
             opt.step()

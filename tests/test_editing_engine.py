@@ -221,6 +221,22 @@ def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, at, tok):
     assert cached.pre.ids.shape[1] == max(len(r.ids) - r.subj - (r.kind == "rewrite") for r in rows)
     assert torch.equal(out[3], out[2])  # a step leaves the cache as it was
     assert list(below.blocks) == blocks  # and the model's blocks
+    # rows left over from two passes (their own prefix and suffix lengths) run as one: the same logits
+    by_len = sorted(range(len(rows)), key=lambda i: len(rows[i].ids) - rows[i].subj)
+    halves = [by_len[: len(rows) // 2], by_len[len(rows) // 2:]]
+    parts = [T._chunk([rows[i] for i in h], 0, "cpu", *kl, model, kw, below) for h in halves]
+    assert parts[0].pre.ids.shape != parts[1].pre.ids.shape or parts[0].pre.att.shape != parts[1].pre.att.shape
+    merged = T._merge([T._select(parts[0], [True] * len(halves[0])), parts[1]])
+    assert [id(r) for r in merged.rows] == [id(rows[i]) for i in halves[0] + halves[1]]
+
+    def add_m(_n, h):
+        return h.index_put((merged.bix, merged.six), delta[halves[0] + halves[1]].to(h.dtype), accumulate=True)
+
+    with torch.no_grad():
+        got = T._chunk_logits(model, merged, kw, name, add_m, below)
+    idx = torch.cat([(full.frow == i).nonzero().squeeze(1) for i in halves[0] + halves[1]])
+    assert len(idx) == len(got) == len(full.frow)
+    assert torch.allclose(got, out[0][idx], atol=1e-4)
 
 
 def test_rows_are_cut_into_passes_where_padding_costs_most():
@@ -290,6 +306,32 @@ def test_requests_that_stop_early_leave_the_batch(tok):
         assert torch.allclose(alone.delta[0], together.delta[j], atol=1e-4, rtol=1e-3)
     hook.remove()
     assert batched_rows == rows[0]  # without leaving, 3 x 30 steps of every row: more than twice as many
+
+
+def test_the_last_requests_run_in_fewer_passes_with_the_same_targets(tok, monkeypatch):
+    """Rows left over when requests stop are merged into fewer passes (each pass pays an overhead): the same
+    steps and targets as in the passes they were planned in."""
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = H.TargetHparams(v_steps=30, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                         early_stop_loss=4.5, batch_prompts=6)
+    templates = ["{}", "Berlin is in Germany. {}"]
+    reqs = REQS + [EditRequest("Japan", "{} is the home of", "Paris", "Japanese", id="r4")]
+    passes = [0]
+
+    def count(_m, _a):
+        if torch.is_grad_enabled():
+            passes[0] += 1
+
+    hook = model.register_forward_pre_hook(count)
+    merged = optimize_targets(model, tok, "transformer.h.1", reqs, templates, hp)
+    n_merged, passes[0] = passes[0], 0
+    monkeypatch.setattr(T, "_coalesce", lambda chunks, size: chunks)
+    apart = optimize_targets(model, tok, "transformer.h.1", reqs, templates, hp)
+    hook.remove()
+    assert len(set(merged.steps)) > 1  # requests stopped at different steps
+    assert merged.steps == apart.steps
+    assert torch.allclose(merged.delta, apart.delta, atol=1e-4, rtol=1e-3)
+    assert n_merged < passes[0]  # 3 passes a step before the first request stopped, 2 after it (not 3)
 
 
 def test_requests_about_one_subject_share_one_target_vector(tok):
