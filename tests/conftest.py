@@ -60,15 +60,16 @@ SYNTHETIC_SUBJECTS = 60
 
 @pytest.fixture(scope="session")
 def synthetic_build(home: Path):
-    """The tiny preset (80 epochs: 480 steps) on 60 made-up countries x 3 relations, built once per session
-    (cached). 600 steps took 269 s in CI; 480 take 214 s, and the MEMIT batch of 50 scores the same on both
-    (efficacy 1.00, paraphrase 1.00, other facts kept 1.00)."""
+    """The tiny preset at 67 epochs (402 steps, the preset's floor is 400) on 60 made-up countries x 3 relations,
+    built once per session (cached). 600 steps took 269 s in CI, 480 took 172 s, 402 take 136 s here, and the
+    MEMIT batch of 50 scores the same on all three (efficacy 1.00, top-1 1.00, paraphrase 1.00, other facts kept
+    1.00 of 30 known)."""
     from sandbox import build_sandbox, preset, synthetic_facts
 
     facts = synthetic_facts(SYNTHETIC_SUBJECTS)
     # float32 on every machine: a bfloat16 build of this world (a CPU with AVX-512 BF16) kept 28 of 30 other
     # facts after the MEMIT batch of 50, under the test's 95 %; the float32 build keeps them all.
-    return build_sandbox(facts, home / "models" / "synthetic", preset("tiny", precision="float32"), seed=0,
+    return build_sandbox(facts, home / "models" / "synthetic", preset("tiny", precision="float32", epochs=67), seed=0,
                          preset_name="tiny", cache_dir=home / "cache" / "sandbox")
 
 
