@@ -40,6 +40,9 @@ def add_common_args(ap: argparse.ArgumentParser, out: Path) -> None:
     ap.add_argument("--model", type=Path, default=None,
                     help="sandbox model directory (default: build or reuse the sandbox of the first --records "
                          "CounterFact-train records, bench preset)")
+    ap.add_argument("--sandbox", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the bench preset for the default sandbox, e.g. --sandbox n_inner=4096 "
+                         "(repeatable; a build of its own, cached under its key)")
     ap.add_argument("--records", type=int, default=1000, help="CounterFact-train records to train on and edit")
     ap.add_argument("--data", type=Path, default=COUNTERFACT, help="CounterFact-train JSON (flat format)")
     ap.add_argument("--cache", type=Path, default=None, help="editing Store root (default FACTSMITH_HOME/cache)")
@@ -73,17 +76,35 @@ def resolve_model(args) -> Path:
     from sandbox.trainer import build_key
 
     facts = load_facts(args.data, limit=args.records)
-    cfg = preset(SANDBOX_PRESET)
+    overrides = preset_overrides(args.sandbox)
+    cfg = preset(SANDBOX_PRESET, **overrides)
     cache = home() / "cache" / "sandbox"
     out = cache / build_key(facts, cfg, SANDBOX_SEED)  # the cache entry itself: no copy
     t0 = time.perf_counter()
-    print(f"sandbox: {len(facts.facts)} facts from the first {args.records} records, preset {SANDBOX_PRESET} "
-          f"({out})", file=sys.stderr, flush=True)
+    print(f"sandbox: {len(facts.facts)} facts from the first {args.records} records, preset {SANDBOX_PRESET}"
+          f"{''.join(f' {k}={v}' for k, v in overrides.items())} ({out})", file=sys.stderr, flush=True)
     r = build_sandbox(facts, out, cfg, seed=SANDBOX_SEED, preset_name=SANDBOX_PRESET, cache_dir=cache,
                       device=args.device)
     if not r.cached:
         print(f"sandbox: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return r.path
+
+
+def preset_overrides(pairs: list[str], base: str = SANDBOX_PRESET) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs typed like the preset's fields; an unknown key or a bad value exits with its name."""
+    from sandbox import preset
+
+    fields = preset(base).to_dict()
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        key, sep, val = kv.partition("=")
+        if not sep or key not in fields:
+            die(f"{kv!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        try:
+            out[key] = type(fields[key])(val)
+        except ValueError:
+            die(f"{kv!r}: {key} takes a {type(fields[key]).__name__}")
+    return out
 
 
 def load_hparams(paths: list[Path]) -> dict[str, Any]:

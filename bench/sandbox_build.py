@@ -45,9 +45,10 @@ def main() -> None:
     from sandbox import build_sandbox, preset
     from sandbox.trainer import _atomic_dir, read_manifest
 
+    from bench import _common as C
     from bench._common import home
 
-    overrides = _overrides(args.set)
+    overrides = C.preset_overrides(args.set)
     rows = []
     wanted = set(args.only.split(","))
     for name, preset_name, load, what in cases():
@@ -96,20 +97,6 @@ def main() -> None:
     merged.sort(key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
     args.out.write_text(json.dumps({"meta": meta, "rows": merged}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-
-
-def _overrides(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs typed like the preset's fields (the config itself rejects unknown keys)."""
-    from sandbox import preset
-
-    base = preset("bench").to_dict()
-    out = {}
-    for kv in pairs:
-        key, sep, val = kv.partition("=")
-        if not sep or key not in base:
-            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(base)}")
-        out[key] = type(base[key])(val)
-    return out
 
 
 if __name__ == "__main__":
