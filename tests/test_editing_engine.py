@@ -478,6 +478,37 @@ def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_pat
     assert all(b > a for a, b in zip(once["realized"], again["realized"]))
 
 
+def test_raised_target_rounds_solve_the_first_layer_once_and_give_a_fresh_solves_update(tok, tmp_path,
+                                                                                          monkeypatch):
+    # every round's updates are reverted, so the first edited layer's keys, and its V = A^-1 K, are round 0's:
+    # a raised-target round solves only the layers above it (a d_k x d_k float64 solve each)
+    from editing.methods.memit import solve as memit_solve
+    from editing.targets import keys
+
+    real, seen = memit_solve.layer_update, []
+
+    def counting(resid, K, cov, lam, ridge=0.0):
+        seen.append((K.shape, cov, lam, ridge))
+        return real(resid, K, cov, lam, ridge)
+
+    monkeypatch.setattr(memit_solve, "layer_update", counting)
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    base = {**H.to_dict(_small_hp("memit", layers=(0, 1))), "mom2_update_weight": 2000.0, "min_realized": 0.95,
+            "realize_rounds": 3}
+    res = compute_edit(model, tok, REQS, H.from_dict("memit", base), Cache(tmp_path / "c"))
+    rounds = res.details["realize_rounds"]
+    assert rounds >= 1 and len(seen) == 1 + (rounds + 1)  # layer 0 once, layer 1 in every round
+    # the update is what solving layer 0 afresh for the last round's residuals gives, bit for bit
+    name = spec_for(model).mlp_out_at(0)
+    ld = res.delta.layers[name]
+    K = keys(model, tok, name, REQS, res.delta.meta["context_templates"]).T.cpu()
+    _, cov, lam, ridge = seen[0]
+    assert torch.equal(real(ld.U, K, cov, lam, ridge).V, ld.V)
+    seen.clear()
+    one = compute_edit(model, tok, REQS, H.from_dict("memit", {**base, "layers": [1]}), Cache(tmp_path / "c"))
+    assert one.details["realize_rounds"] >= 1 and len(seen) == 1
+
+
 def test_memit_raises_a_target_at_most_max_target_gain_in_all(tok, tmp_path):
     # one edited layer: the update's U column of a request is its solved residual, (its target's factor) x (z - h)
     model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)

@@ -79,7 +79,9 @@ class MemitTimes:
     want: torch.Tensor | None = field(default=None, repr=False)  # (n, d) z − h, the residual each target asks for
 
 
-# solve_layer(layer, resid (d, n), K (d_k, n)) -> the layer's update; MEMIT's is :func:`layer_update` with λC
+# solve_layer(layer, resid (d, n), K (d_k, n)) -> the layer's update; MEMIT's is :func:`layer_update` with λC.
+# The update is U Vᵀ with U = resid and V a function of K alone (MEMIT's and AlphaEdit's both are): a round of
+# raised targets whose keys have not changed reuses V, and only U moves.
 SolveLayer = Callable[[int, torch.Tensor, torch.Tensor], D.LayerDelta]
 
 
@@ -193,6 +195,10 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
     want = z - init  # (n, d) the residual each request's target asks for
     z_t = z.clone()  # the targets the layers are solved for: z, raised where a round fell short
     factor = torch.ones(len(requests))  # (n,) z_t − init = want · factor
+    # The first layer's keys are read on the model as it was before the batch in every round (each round's
+    # updates are reverted), so its K, and the solve's V, are those of round 0: a raised-target round solves
+    # only the layers above it (a d_k x d_k float64 solve per layer and round: 16,384 wide on GPT-J).
+    first: tuple[torch.Tensor, torch.Tensor] | None = None  # (K, V) of hp.layers[0]
     for round_ in range(hp.realize_rounds + 1):
         layers: dict[str, D.LayerDelta] = {}
         applied: list[D.Applied] = []
@@ -200,11 +206,19 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
             for i, layer in enumerate(hp.layers):
                 name = spec.mlp_out_at(layer)
                 t1 = time.perf_counter()
-                K = keys(model, tokenizer, name, requests, templates).T.cpu()  # (d_k, n)
+                if i == 0 and first is not None:
+                    K = first[0]
+                else:
+                    K = keys(model, tokenizer, name, requests, templates).T.cpu()  # (d_k, n)
                 z_now = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d)
                 t2 = time.perf_counter()
                 resid = (z_t - z_now).T / (len(hp.layers) - i)  # (d, n) this layer's share
-                ld = solve_layer(layer, resid, K)
+                if i == 0 and first is not None:
+                    ld = D.LayerDelta(resid.double().float(), first[1])
+                else:
+                    ld = solve_layer(layer, resid, K)
+                    if i == 0:
+                        first = (K, ld.V)
                 t3 = time.perf_counter()
                 layers[name] = ld
                 applied.append(D.apply(model, D.Delta({name: ld})))  # later layers see this update
