@@ -430,7 +430,6 @@ def test_plateau_stop_ends_a_subject_whose_loss_no_longer_falls(tok):
 def test_keep_prompts_hold_the_subjects_other_answers(tok):
     """A keep prompt's next-token distribution moves less when the target optimisation keeps it; a rewrite prompt
     joins the optimisation as a row of its own (its target's NLL falls with it)."""
-    from editing.targets import _logits_at  # noqa: F401 (the module under test)
     from editing.hooks import Trace
     from editing.tokens import encode_edit
 
