@@ -517,12 +517,26 @@ def key_moments(model: nn.Module, tokenizer, module_name: str, requests: list[Ed
     rows = _key_rows(tokenizer, requests, templates)
     count = [sum(1 for r in rows if r.req == j) for j in range(len(requests))]
     acc: torch.Tensor | None = None
+    ks: list[torch.Tensor] = []
+    ws: list[float] = []
+
+    def add() -> None:  # one product per forward batch: a d_k x d_k outer product per row was 2/3 of an AlphaEdit
+        nonlocal acc  # run on the 4,096-wide sandbox (105 of 157 s for 50 requests x 21 prompts)
+        K = torch.stack(ks)  # (rows, d_k) float64
+        m = K.T @ (K * torch.tensor(ws, dtype=torch.float64)[:, None])
+        acc = m if acc is None else acc + m
+        ks.clear()
+        ws.clear()
+
     for r, k in _each_key(model, tokenizer, module_name, rows, batch_size):
-        if acc is None:
-            acc = torch.zeros(k.shape[0], k.shape[0], dtype=torch.float64)
-        acc += torch.outer(k, k) / count[r.req]
+        ks.append(k)
+        ws.append(1.0 / count[r.req])
+        if len(ks) == batch_size:
+            add()
+    if ks:
+        add()
     assert acc is not None
-    return acc
+    return (acc + acc.T) / 2
 
 
 @torch.no_grad()

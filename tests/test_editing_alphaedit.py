@@ -204,3 +204,22 @@ def test_the_state_round_trips_through_safetensors_bit_for_bit(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something else"})
     with pytest.raises(ValueError, match="expected an AlphaEdit state"):
         PreservedKeys.load(tmp_path / "other.safetensors")
+
+
+def test_key_moments_are_each_requests_mean_outer_product_over_its_prompts():
+    # batched (one product per forward batch, here batches of 3 rows) and exact: Σ_requests mean_prompts k kᵀ
+    from editing.arch import spec_for
+    from editing.targets import _each_key, _key_rows, key_moments
+
+    tok, model, _ = _tiny_setup(v_steps=1)
+    reqs = [EditRequest("France", "The capital of {}", "Warsaw"),
+            EditRequest("Poland", "The head of state of {}", "Japanese", rewrite_prompts=("{} is led by",))]
+    templates = ["{}", "Once upon a time. {}", "Then. {}"]
+    name = spec_for(model).mlp_out_at(1)
+    rows = _key_rows(tok, reqs, templates)
+    want = 0
+    for r, k in _each_key(model, tok, name, rows, 3):  # the same forward batches (padding moves float32 keys)
+        want = want + torch.outer(k, k) / sum(1 for x in rows if x.req == r.req)
+    got = key_moments(model, tok, name, reqs, templates, batch_size=3)
+    assert len(rows) == 7 and got.dtype == torch.float64 and torch.equal(got, got.T)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
