@@ -560,6 +560,28 @@ def outputs_at_subject(model: nn.Module, tokenizer, module_name: str, requests: 
     return out
 
 
+def target_leads(model: nn.Module, tokenizer, requests: list[EditRequest], batch_size: int = 64) -> torch.Tensor:
+    """(n,) float32: how far each request's new target leads on its own prompt (no prefix), teacher-forced: the
+    smallest, over the target's tokens, of log p(target token) − the largest log p of any other token. Above 0
+    greedy decoding says the target; the lead is how much a later change may move it before it does not."""
+    rows = [Row(*encode_edit(tokenizer, r.prompt, r.subject, r.target_new), req=j, kind="rewrite")
+            for j, r in enumerate(requests)]
+    device = next(model.parameters()).device
+    out = torch.full((len(requests),), float("inf"))
+    with torch.no_grad():
+        for chunk in _batches(rows, batch_size):
+            ids, att = _pad(chunk, _pad_id(tokenizer), device)
+            logits = model(input_ids=ids, attention_mask=att).logits.float()  # (B, T, V)
+            for b, r in enumerate(chunk):
+                at = torch.arange(r.start - 1, len(r.ids) - 1, device=device)  # positions predicting the target
+                tgt = ids[b, r.start:len(r.ids)]
+                lp = logits[b, at]  # (t, V); logits differ from log-probs by a per-position constant
+                mine = lp.gather(-1, tgt[:, None]).squeeze(-1)
+                other = lp.scatter(-1, tgt[:, None], float("-inf")).max(-1).values
+                out[r.req] = float((mine - other).min())
+    return out
+
+
 @dataclass
 class Targets:
     delta: torch.Tensor  # (n, d) δ per request, float32 (equal rows for requests of one subject)

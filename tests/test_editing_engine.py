@@ -532,6 +532,40 @@ def test_memit_raises_a_target_at_most_max_target_gain_in_all(tok, tmp_path):
         H.from_dict("memit", {**hp, "max_target_gain": 0.5})
 
 
+def test_a_target_said_by_a_hair_is_raised_by_half_while_its_lead_stays_below_min_lead(tok, tmp_path, monkeypatch):
+    # one edited layer, a λ that realises everything asked: only the lead can call for another round. The leads
+    # are set (editing.targets.target_leads is tested on its own): said by a hair (0.5), said well (2.0), not
+    # said (-1.0). Only the first is raised, by half a round (1, 1.5, then 2.0, the cap) and no further
+    from editing.methods.memit import solve as memit_solve
+
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    hp = {**H.to_dict(_small_hp("memit", layers=(1,))), "mom2_update_weight": 1e-3, "min_realized": 0.0,
+          "realize_rounds": 3, "max_target_gain": 2.0}
+    calls = []
+
+    def leads(model, tokenizer, requests):
+        calls.append(len(requests))
+        return torch.tensor([0.5, 2.0, -1.0])
+
+    monkeypatch.setattr(memit_solve, "target_leads", leads)
+
+    def edit(**over):
+        res = compute_edit(model, tok, REQS, H.from_dict("memit", {**hp, **over}), Cache(tmp_path / "c"))
+        [ld] = res.delta.layers.values()
+        return ld.U.norm(dim=0), res
+
+    once, r0 = edit(min_lead=0.0)
+    assert r0.details["realize_rounds"] == 0 and r0.details["leads"] == [] and calls == []
+    raised, r1 = edit(min_lead=1.0)
+    assert r1.details["realize_rounds"] == 2 and calls == [3, 3, 3] and r1.details["leads"] == [0.5, 2.0, -1.0]
+    assert torch.allclose(raised, torch.tensor([2.0, 1.0, 1.0]) * once, rtol=1e-4)
+    calls.clear()
+    _, r2 = edit(min_lead=0.4)  # every said target leads by more
+    assert r2.details["realize_rounds"] == 0 and calls == [3]
+    with pytest.raises(H.HparamsError, match="min_lead"):
+        H.from_dict("memit", {**hp, "min_lead": -1.0})
+
+
 def test_memit_splits_a_batch_it_cannot_realise_and_composes_the_halves(tok, tmp_path):
     from editing.delta import apply
 
@@ -672,3 +706,39 @@ def test_bad_hparams_name_the_key(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(H.HparamsError, match=match):
         H.load(p)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_target_leads_are_each_targets_smallest_teacher_forced_lead_over_the_runner_up(family):
+    # batched with right padding (prompts and targets of different lengths) and equal to one unpadded forward
+    # per request; above 0 exactly when greedy decoding says every target token
+    from editing.tokens import encode_edit
+
+    tok, model = tiny_tokenizer(320), tiny_model(family, vocab=320)
+    reqs = [EditRequest("France", "The capital of {} is", "Warsaw"),
+            EditRequest("Poland", "The head of state of {} is", "Andrzej Duda"),
+            EditRequest("Japan", "{} speaks", "Japanese")]
+    got = T.target_leads(model, tok, reqs, batch_size=2)
+    for j, r in enumerate(reqs):
+        ids, _, start = encode_edit(tok, r.prompt, r.subject, r.target_new)
+        with torch.no_grad():
+            lp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        leads = []
+        for t in range(start, len(ids)):
+            row = lp[t - 1].clone()
+            mine = float(row[ids[t]])
+            row[ids[t]] = float("-inf")
+            leads.append(mine - float(row.max()))
+        assert got[j] == pytest.approx(min(leads), abs=1e-4)
+        greedy = all(int(lp[t - 1].argmax()) == ids[t] for t in range(start, len(ids)))
+        assert greedy == (float(got[j]) > 0)
+    # a model trained to say one target: its lead turns positive
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids, _, start = encode_edit(tok, reqs[0].prompt, reqs[0].subject, reqs[0].target_new)
+    x = torch.tensor([ids])
+    for _ in range(40):
+        opt.zero_grad()
+        out = model(x).logits[0, start - 1:len(ids) - 1]
+        torch.nn.functional.cross_entropy(out, x[0, start:]).backward()
+        opt.step()
+    assert float(T.target_leads(model, tok, reqs[:1])[0]) > 0

@@ -190,6 +190,7 @@ def run(x: Inputs) -> Output:
         applied.revert()
     out_state = PreservedKeys(sums, state.count + len(x.requests), tuple(xp.templates))
     details = {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
+               "leads": tm.leads,
                "realize_rounds": tm.realize_rounds, "nullspace": info, "preserved_keys": out_state.count,
                "context_templates": list(x.templates)}
     return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve}, details, out_state)

@@ -30,7 +30,7 @@ from torch import nn
 from ... import delta as D
 from ...arch import spec_for
 from ...requests import EditRequest
-from ...targets import keys, optimize_targets, outputs_at_subject
+from ...targets import keys, optimize_targets, outputs_at_subject, target_leads
 from ..base import Inputs, Output
 from . import MemitHparams
 
@@ -72,6 +72,7 @@ class MemitTimes:
     # per request, the share of its target residual z − h the update realises: ((z_edited − h) · (z − h)) / ‖z − h‖²
     # at the last edited layer's output, the subject's last token of the bare prompt (1.0: all of it)
     realized: list[float] = field(default_factory=list)
+    leads: list[float] = field(default_factory=list)  # per request, with min_lead > 0: editing.targets.target_leads
     target_chunks: int = 1  # request chunks the targets were optimised in (a batch larger than memory)
     realize_rounds: int = 0  # extra solves that raised the targets of requests realised below min_realized
     sub_batches: int = 1  # batches the requests were finally edited in (split_depth: halves of short batches)
@@ -159,6 +160,11 @@ def _compute(model: nn.Module, tokenizer, requests: list[EditRequest], hp: Memit
         for j, i in enumerate(idx):
             out.target_steps[i], out.target_nll[i], out.realized[i] = t.target_steps[j], t.target_nll[j], t.realized[j]
             out.init[i], out.want[i] = t.init[j], t.want[j]  # the second half's h is read on the first's update
+    if all(t.leads for _, _, t in parts):
+        out.leads = [0.0] * len(requests)
+        for idx, _, t in parts:
+            for j, i in enumerate(idx):
+                out.leads[i] = t.leads[j]
     (_, first, _), (_, second, _) = parts
     return first.compose(second), out
 
@@ -227,18 +233,26 @@ def _solve_batch(model: nn.Module, tokenizer, requests: list[EditRequest], hp: M
                 if progress:
                     progress(f"layer {layer}")
             z_end = outputs_at_subject(model, tokenizer, z_name, requests).cpu()  # (n, d) with every update
+            # (n,) how far each new target leads on its own prompt with every update applied
+            leads = target_leads(model, tokenizer, requests) if hp.min_lead > 0 else None
         finally:
             for a in reversed(applied):
                 a.revert()
         realized = _realized(z_end, init, want)  # (n,)
         times.realized = realized.tolist()
         short = realized < hp.min_realized
-        if round_ == hp.realize_rounds or not bool(short.any()):
+        # said, but by a hair (one not said at all is the batch's to give up on: raising it wrecks what its keys share)
+        thin = (leads > 0) & (leads < hp.min_lead) if leads is not None else torch.zeros_like(short)
+        if leads is not None:
+            times.leads = leads.tolist()
+        if round_ == hp.realize_rounds or not bool((short | thin).any()):
             break
         # λC keeps the update small on ordinary keys, and a batch shares one matrix: a request gets a fraction
         # of its residual. Ask the solve for proportionally more where it fell short: at most 2x per round and
         # max_target_gain in all; a request already at the cap stays there (a split, if allowed, comes next).
-        factor_next = torch.where(short, factor / realized.clamp(min=0.5), factor).clamp(max=hp.max_target_gain)
+        # One realised but said by a hair (its lead below min_lead) asks for half again as much.
+        factor_next = torch.where(short, factor / realized.clamp(min=0.5), factor)
+        factor_next = torch.where(thin & ~short, factor * 1.5, factor_next).clamp(max=hp.max_target_gain)
         if bool((factor_next <= factor).all()):
             break
         factor = factor_next
@@ -253,5 +267,6 @@ def run(x: Inputs) -> Output:
                         progress=lambda what: x.emit("solve", {"step": what}))
     return Output(delta, {"keys": tm.keys, "targets": tm.targets, "solve": tm.solve},
                   {"target_steps": tm.target_steps, "target_nll": tm.target_nll, "realized": tm.realized,
+                   "leads": tm.leads,
                    "target_step_seconds": tm.target_step_seconds, "target_chunks": tm.target_chunks,
                    "realize_rounds": tm.realize_rounds, "sub_batches": tm.sub_batches})
