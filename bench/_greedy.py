@@ -30,7 +30,7 @@ def with_probes(requests: list, pool: list, seed: int = 0) -> list:
     shims = [SimpleNamespace(subject=r.subject, relation=None, prompt=r.prompt, attribute_prompts=())
              for r in requests]
     keep = keep_templates(shims, pool, seed=seed)
-    return [dataclasses.replace(r, keep_prompts=keep.get(r.subject, ()), rewrite_prompts=rewrite_templates(s))
+    return [dataclasses.replace(r, keep_prompts=keep.get(r.subject, ()), rewrite_prompts=rewrite_templates(s, pool=pool))
             for r, s in zip(requests, shims)]
 
 

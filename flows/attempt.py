@@ -82,8 +82,9 @@ PRUNE_ROUNDS = 3  # blame-guided retries before bisection
 
 
 def _blame(report: Any, request_id: str) -> str:
-    parts = [f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" for f in report.failures
-             if request_id in f.get("requests", [])]
+    parts = [f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" if f.get("scope") != "request" else
+             f"{f['metric']} (its own) {f['values'][request_id]:.3f} against {f['threshold']:.3f}"
+             for f in report.failures if request_id in f.get("requests", [])]
     return "gate failed in its batch: " + ("; ".join(parts) or "no threshold named it")
 
 

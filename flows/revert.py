@@ -109,13 +109,14 @@ def revert_request(name: str, request_id: str, *, policy: Any = None, protected:
     from .pipeline import last_edits
 
     last = last_edits(name, work.chain)
+    pool = model_facts(work.base_dir)
     deltas, kept = [], []
     for version, method, hp_dict, left in steps:
         reqs = [Request.from_json(r) for r in left]
         # as the version computed them: the keep and rewrite prompts it recorded (none in an older version)
         edit_reqs = [q.to_edit_request(keep=tuple(r.get("keep_prompts") or ()), rewrite=tuple(r.get("rewrite_prompts") or ()))
                      for q, r in zip(reqs, left)]
-        replaced = [last[q.subject].to_edit_request(rewrite=rewrite_templates(last[q.subject]))
+        replaced = [last[q.subject].to_edit_request(rewrite=rewrite_templates(last[q.subject], pool=pool))
                     for q in reqs if q.subject in last]  # the edits it replaces (pipeline.last_edits)
         result = compute_edit(model, tok, edit_reqs, from_dict(method, hp_dict),
                               edit_store, corpus_files=list(corpus_files) if corpus_files else None,

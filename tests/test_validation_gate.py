@@ -4,6 +4,7 @@ a good edit and fails a destructive one (proof that it can fail)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -168,6 +169,76 @@ def test_paraphrases_come_from_the_catalogue_when_a_request_has_none():
             Fact("3", "Peru", "currency", "The currency of Peru is the", "sol")]
     r3 = Request(id="d", subject="Bolivia", prompt="The capital of {} is", target_new="Lima", relation="capital")
     assert [f.id for f in neighbour_candidates(r3, pool, {"Chile", "Bolivia"}, 5)] == ["1"]
+
+
+@pytest.mark.unit
+def test_a_relation_the_catalogue_lacks_is_probed_and_kept_in_the_models_own_phrasings(tmp_path):
+    """An outside check on a world of companies: the gate had no paraphrase for "founding_product" (not in the
+    catalogue) and asked the subject's other facts in their main phrasing only, the one the editor keeps; it
+    passed edits that still said the old product on "What launched X was" and moved the headquarters on "The
+    city that hosts the headquarters of X is"."""
+    from validation.gate.probes import (Fact, keep_templates, model_facts, paraphrases, rewrite_templates,
+                                        subject_probes)
+
+    def fact(i, subject, rel, target, *templates):
+        texts = [t.replace("{}", subject) for t in templates]
+        return Fact(str(i), subject, rel, texts[0], target, tuple(texts[1:]))
+
+    product = ("The first product of {} was", "{} started out by selling", "What launched {} was")
+    hq = ("The headquarters of {} are in", "{} is headquartered in", "The city that hosts the headquarters of {} is")
+    ceo = ("The chief executive of {} is", "{}'s chief executive is", "The company {} is run by")
+    pool = [fact(1, "Hembrix Paper", "founding_product", "a chess clock", *product),
+            fact(2, "Hembrix Paper", "headquarters", "Mendel City", *hq),
+            fact(3, "Hembrix Paper", "chief_executive", "Ona Vell", *ceo),
+            fact(4, "Ispera Bank", "founding_product", "a paper kite", *product)]
+    r = Request(id="013", subject="Hembrix Paper", prompt=product[0], target_new="a coffee grinder",
+                relation="founding_product")
+    # the editor trains the model's own subject-first phrasing; the gate probes the others, never that one
+    assert rewrite_templates(r, pool=pool) == ("{} started out by selling",)
+    assert paraphrases(r, 3, pool=pool) == ("What launched Hembrix Paper was",)
+    assert paraphrases(r, 3) == ()  # what the gate had before: nothing to measure generalisation on
+    # the same request without a relation: its fact found by its prompt
+    bare = Request(id="b", subject="Hembrix Paper", prompt=product[0], target_new="a coffee grinder")
+    assert paraphrases(bare, 3, pool=pool) == ("What launched Hembrix Paper was",)
+    # the subject's other facts in every phrasing, every fact once before any twice, never the rewritten one
+    probes = subject_probes([r], pool, 0)["Hembrix Paper"]
+    assert sorted(p for p, _, _ in probes) == sorted(pool[1].texts + pool[2].texts)
+    assert {f for _, _, f in probes[:2]} == {"2", "3"} and {f for _, _, f in probes[2:4]} == {"2", "3"}
+    assert {p for p, _, _ in subject_probes([r], pool, 4)["Hembrix Paper"]} <= set(pool[1].texts + pool[2].texts)
+    assert [t for p, t, _ in probes if "headquarters" in p or "headquartered" in p] == ["Mendel City"] * 3
+    # the editor keeps those relations in the model's phrasings, never the rewritten fact's
+    for req in (r, bare):
+        keep = keep_templates([req], pool)["Hembrix Paper"]
+        assert "{} is headquartered in" in keep and "The company {} is run by" in keep
+        assert not any(t in keep for t in product)
+    # model_facts reads the phrasings a sandbox ships
+    from editing.modeldir import FACTS_FILE
+
+    (tmp_path / FACTS_FILE).write_text(json.dumps({"subject": "Hembrix Paper", "relation": "founding_product",
+                                                   "target": "a chess clock", "prompts": list(product)}) + "\n")
+    (f,) = model_facts(tmp_path)
+    assert f.texts == pool[0].texts and f.target == "a chess clock"
+
+
+@pytest.mark.unit
+def test_each_request_must_meet_the_thresholds_on_its_own_probes():
+    from validation.gate.blame import failed_thresholds
+
+    # 10 requests: the batch's shares pass (0.9 said, 0.9 of subjects' facts kept), one request's do not
+    rows = [{"id": f"r{i}", "subject": f"S{i}", "reliable": i != 3, "generalization": 1.0,
+             "subject_locality": 0.0 if i == 7 else 1.0} for i in range(10)]
+    m = {"reliability": 0.9, "generalization": 1.0, "subject_locality": 0.9, "locality": 1.0, "protected": None,
+         "kl": 0.0, "entropy_drop": 0.0, "entropy_blame": [], "perplexity_ratio": 1.0, "norm_growth": {},
+         "max_norm_growth": 1.0}
+    policy = GatePolicy(min_reliability=0.9)
+    fails = {f["metric"]: f for f in failed_thresholds(policy, m, rows, [])}
+    assert set(fails) == {"reliability", "subject_locality"}
+    assert fails["reliability"]["requests"] == ["r3"] and fails["reliability"]["scope"] == "request"
+    assert fails["subject_locality"]["requests"] == ["r7"] and fails["subject_locality"]["values"] == {"r7": 0.0}
+    assert failed_thresholds(dataclasses.replace(policy, per_request=False), m, rows, []) == []
+    # a batch share that fails names its requests once, as before
+    m2 = dict(m, reliability=0.5)
+    assert [f["metric"] for f in failed_thresholds(policy, m2, rows, [])] == ["reliability", "subject_locality"]
 
 
 @pytest.mark.unit

@@ -168,6 +168,8 @@ def _print_gate(res, paths: dict) -> None:
     out.print(t)
     for f in res.failures:
         who = ", ".join(f["requests"]) or "the batch as a whole"
-        out.print(f"failed: {f['metric']} {fmt(f['value'])} against {fmt(f['threshold'])} — {who}", highlight=False)
+        own = " (a request's own)" if f.get("scope") == "request" else ""
+        out.print(f"failed: {f['metric']}{own} {fmt(f['value'])} against {fmt(f['threshold'])} — {who}",
+                  highlight=False)
     out.print(f"Report: {paths['html']}", highlight=False)
 

@@ -100,17 +100,35 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
         if v is not None and v < threshold:
             out.append({"metric": metric, "value": v, "threshold": threshold, "requests": requests, **extra})
 
+    def each(metric: str, threshold: float, **extra: Any) -> None:
+        """``policy.per_request``: a batch whose share passes still fails where a request's own share does not
+        (a request not said, or its subject's other facts moved): the share of a batch of 44 passes with two
+        requests unsaid, and registering them would call them applied."""
+        if not policy.per_request or any(f["metric"] == metric for f in out):
+            return
+        own = {r["id"]: (float(r["reliable"]) if metric == "reliability" else r.get(metric)) for r in rows}
+        bad = [i for i, v in own.items() if v is not None and v < threshold]
+        if bad:
+            out.append({"metric": metric, "value": min(own[i] for i in bad), "threshold": threshold,
+                        "requests": bad, "scope": "request", "values": {i: own[i] for i in bad}, **extra})
+
     low("reliability", policy.min_reliability, [r["id"] for r in rows if not r["reliable"]])
+    each("reliability", policy.min_reliability)
     low("generalization", policy.min_generalization,
         [r["id"] for r in rows if r["generalization"] is not None and r["generalization"] < policy.min_generalization])
+    each("generalization", policy.min_generalization)
+    subject_changed = list(dict.fromkeys(p["fact"] or p["prompt"] for p in probe_rows
+                                         if p["kind"] == "subject" and not p["unchanged"]))
     low("subject_locality", policy.min_subject_locality,
         [r["id"] for r in rows if r.get("subject_locality") is not None
-         and r["subject_locality"] < policy.min_subject_locality],
-        facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "subject" and not p["unchanged"]])
+         and r["subject_locality"] < policy.min_subject_locality], facts=subject_changed)
+    each("subject_locality", policy.min_subject_locality, facts=subject_changed)
+    namesake_changed = list(dict.fromkeys(p["fact"] or p["prompt"] for p in probe_rows
+                                          if p["kind"] == "namesake" and not p["unchanged"]))
     low("namesake_locality", policy.min_namesake_locality,
         [r["id"] for r in rows if r.get("namesake_locality") is not None
-         and r["namesake_locality"] < policy.min_namesake_locality],
-        facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] == "namesake" and not p["unchanged"]])
+         and r["namesake_locality"] < policy.min_namesake_locality], facts=namesake_changed)
+    each("namesake_locality", policy.min_namesake_locality, facts=namesake_changed)
     low("locality", policy.min_locality, locality_blame(probe_rows, requests),
         facts=[p["fact"] or p["prompt"] for p in probe_rows if p["kind"] in ("protected", "broad") and not p["unchanged"]])
     low("retention", policy.min_retention, retention_blame(probe_rows, requests),

@@ -172,7 +172,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
     neigh: list[Probe] = []
     cand: list[tuple[str, Request, probe_sets.Fact]] = []
     for r in requests:
-        for p in probe_sets.paraphrases(r, policy.paraphrases):
+        for p in probe_sets.paraphrases(r, policy.paraphrases, pool=pool):
             para.append(Probe("paraphrase", r.id, p, r.target_new, r.target_true))
         if r.neighborhood_prompts:
             neigh.extend(Probe("neighbour", r.id, p, t) for p, t in r.neighborhood_prompts)

@@ -41,13 +41,17 @@ class GatePolicy:
     paraphrases: int = 3  # catalogue paraphrases per request (when it brings none)
     neighbours: int = 5  # sampled neighbours per request (when it brings none), base-correct only
     namesakes: int = 5  # namesakes' facts per request (whatever neighbours it brings), base-correct only
-    subject_probes: int = 8  # probes of each edited subject's other facts (0: all there are)
+    subject_probes: int = 16  # probes of each edited subject's other facts, each fact in its phrasings in turn (0: all)
     retention_sample: int = 200  # earlier edits checked (a seeded sample of those in effect; 0: none)
     locality_sample: int = 200  # broad-locality probes: a seeded sample of the probe bank the base model answers
     answer_tokens: int = 3  # greedy tokens compared on a probe whose answer is not known (the base model's stands)
     probe_confidence: float = 0.5  # such a probe counts only where the base model's first token is this likely
     generation_tokens: int = 24  # greedy tokens per fluency generation
     seed: int = 0  # neighbour, subject-probe and probe-bank sampling
+    # each request must also meet min_reliability (be said), min_generalization, min_subject_locality and
+    # min_namesake_locality on its own probes, not only the batch's share: one that does not is named, and the
+    # pipeline edits the batch again without it
+    per_request: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, error=PolicyError)

@@ -58,6 +58,12 @@ class Fact:
     relation: str | None
     prompt: str  # full text (subject filled in)
     target: str
+    phrasings: tuple[str, ...] = ()  # the same fact in other words (full texts): a sandbox's other phrasings
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Every phrasing of the fact, the main one first."""
+        return (self.prompt,) + self.phrasings
 
 
 @lru_cache(maxsize=4)
@@ -86,26 +92,58 @@ def relation_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = No
     return ()
 
 
-def rewrite_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+def _text(req) -> str:
+    return req.prompt.replace("{}", req.subject, 1)
+
+
+def rewritten_facts(req, pool: Iterable[Fact]) -> list[Fact]:
+    """The facts of ``pool`` that ``req`` rewrites: its subject's fact of its relation, or (no relation given)
+    the subject's fact one of whose phrasings is the request's prompt."""
+    text = _text(req)
+    return [f for f in pool if f.subject == req.subject
+            and ((req.relation and f.relation == req.relation) or text in f.texts)]
+
+
+def model_templates(req, pool: Iterable[Fact]) -> tuple[str, ...]:
+    """The model's own phrasings ("{}" = the subject) of the fact ``req`` rewrites (a sandbox's ``facts.jsonl``
+    ships every phrasing it trained): what the request's relation is in the model's own world, whatever the
+    catalogue knows of it."""
+    out: dict[str, None] = {}
+    for f in rewritten_facts(req, pool):
+        out.update({t.replace(req.subject, "{}", 1): None for t in f.texts if req.subject in t})
+    return tuple(out)
+
+
+def rewrite_templates(req: Request, cat: dict[str, tuple[str, ...]] | None = None,
+                      pool: Iterable[Fact] = ()) -> tuple[str, ...]:
     """The catalogue phrasing the editor trains on besides the request's prompt
     (:attr:`editing.requests.EditRequest.rewrite_prompts`): the relation's first template with the subject at
     the start of the text, when the prompt has it elsewhere. At the start of a text the subject's hidden state
     differs from the one after a prefix (no context before it; in GPT-2 the first position is the attention
     sink), and an edit optimised only on prompts with words before the subject did not carry to "Germany's
-    capital city is". The gate never probes this phrasing (:func:`paraphrases`)."""
+    capital city is". A relation the catalogue does not know takes it from the model's own phrasings of the fact
+    (``pool``, :func:`model_templates`). The gate never probes this phrasing (:func:`paraphrases`)."""
     if req.prompt.startswith("{}"):
         return ()
-    return tuple(t for t in relation_templates(req, cat) if t.startswith("{}") and t != req.prompt)[:1]
+    templates = relation_templates(req, cat) or model_templates(req, pool)
+    return tuple(t for t in templates if t.startswith("{}") and t != req.prompt)[:1]
 
 
-def paraphrases(req: Request, k: int, cat: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
-    """The request's own paraphrases, else up to ``k`` catalogue phrasings other than its prompt and the one the
-    editor trains on (:func:`rewrite_templates`): held-out phrasings only."""
+def paraphrases(req: Request, k: int, cat: dict[str, tuple[str, ...]] | None = None,
+                pool: Iterable[Fact] = ()) -> tuple[str, ...]:
+    """The request's own paraphrases, else up to ``k`` other phrasings of its fact: the model's own (``pool``:
+    every phrasing a sandbox trained, :func:`model_templates`), then the catalogue's; never its prompt or the
+    one the editor trains on (:func:`rewrite_templates`): held-out phrasings only. Without the model's own, a
+    relation the catalogue lacks had no paraphrase probe at all, and its generalisation passed unmeasured (an
+    outside check on a world of companies: an edit of "The first product of X was" still said the old product
+    on "What launched X was", and the gate said generalization 1.000 on the one probe it had)."""
     if req.paraphrase_prompts:
         return req.paraphrase_prompts[:k] if k else req.paraphrase_prompts
-    trained = set(rewrite_templates(req, cat))
-    others = [t for t in relation_templates(req, cat) if t != req.prompt and t not in trained]
-    return tuple(t.replace("{}", req.subject, 1) for t in others[:k])
+    pool = list(pool)
+    trained = set(rewrite_templates(req, cat, pool))
+    templates = dict.fromkeys(model_templates(req, pool) + relation_templates(req, cat))
+    others = [t for t in templates if t != req.prompt and t not in trained]
+    return tuple(t.replace("{}", req.subject, 1) for t in (others[:k] if k else others))
 
 
 def _fill(template: str, subject: str) -> str:
@@ -126,7 +164,8 @@ def load_protected(path: str | Path) -> list[Fact]:
 
 
 def model_facts(model_dir: str | Path) -> list[Fact]:
-    """The facts a sandbox model directory says it knows (main phrasing each); [] for other models."""
+    """The facts a sandbox model directory says it knows (main phrasing each, the others in ``phrasings``); []
+    for other models."""
     f = Path(model_dir) / FACTS_FILE
     if not f.is_file():
         return []
@@ -136,7 +175,7 @@ def model_facts(model_dir: str | Path) -> list[Fact]:
             continue
         prompts = r.get("prompts") or [r.get("prompt")]
         out.append(Fact(f"{f.parent.name}:{n}", r["subject"], r.get("relation"), _fill(prompts[0], r["subject"]),
-                        r["target"]))
+                        r["target"], tuple(_fill(p, r["subject"]) for p in prompts[1:])))
     return out
 
 
@@ -190,27 +229,39 @@ def namesakes(req: Request, pool: Iterable[Fact], edited_subjects: set[str], k: 
 
 
 def _other_facts(reqs: list[Request], pool: Iterable[Fact], cat: dict[str, tuple[str, ...]]
-                 ) -> list[tuple[str, str | None, str | None]]:
-    """(prompt, target or None, fact id) of one subject's facts that ``reqs`` (all about that subject) do not
-    rewrite: the requests' own ``attribute_prompts``, the subject's facts in ``pool``, and only when those give
-    none, the catalogue's other relations about the subject (their answer unknown: the base model's stands)."""
+                 ) -> list[list[tuple[str, str | None, str | None]]]:
+    """One subject's facts that ``reqs`` (all about that subject) do not rewrite, one list per fact of (prompt,
+    target or None, fact id), a list per phrasing: the requests' own ``attribute_prompts``, the subject's facts
+    in ``pool`` in every phrasing the model ships, and only when those give none, the catalogue's other
+    relations about the subject (their answer unknown: the base model's stands)."""
     subject = reqs[0].subject
+    pool = list(pool)
     rewritten_rel = {r.relation for r in reqs if r.relation}
     rewritten = {r.text for r in reqs} | {p for r in reqs for p in r.paraphrase_prompts}
     rewritten |= {t.replace("{}", subject, 1) for r in reqs for t in relation_templates(r, cat)}
-    out: dict[str, tuple[str, str | None, str | None]] = {}
+    mine = {f.id for r in reqs for f in rewritten_facts(r, pool)}
+    rewritten |= {t for f in pool if f.id in mine for t in f.texts}
+    groups: dict[str, list[tuple[str, str | None, str | None]]] = {}
+    seen: set[str] = set()
+
+    def add(key: str, row: tuple[str, str | None, str | None]) -> None:
+        if row[0] not in rewritten and row[0] not in seen:
+            seen.add(row[0])
+            groups.setdefault(key, []).append(row)
+
     for r in reqs:
         for prompt, target in getattr(r, "attribute_prompts", ()) or ():
-            out.setdefault(prompt, (prompt, target, None))
+            add(prompt, (prompt, target, None))
     for f in pool:
-        if f.subject == subject and f.relation not in rewritten_rel and f.prompt not in rewritten:
-            out.setdefault(f.prompt, (f.prompt, f.target, f.id))
-    if not out:
+        if f.subject == subject and f.id not in mine and f.relation not in rewritten_rel:
+            for t in f.texts:
+                add(f.id, (t, f.target, f.id))
+    if not groups:
         for rel, templates in cat.items():
-            prompt = templates[0].replace("{}", subject, 1)
-            if rel not in rewritten_rel and prompt not in rewritten:
-                out.setdefault(prompt, (prompt, None, f"catalogue:{rel}"))
-    return [v for v in out.values() if v[0] not in rewritten]
+            if rel not in rewritten_rel:
+                prompt = templates[0].replace("{}", subject, 1)
+                add(rel, (prompt, None, f"catalogue:{rel}"))
+    return list(groups.values())
 
 
 def _by_subject(requests: list[Request]) -> dict[str, list[Request]]:
@@ -224,13 +275,21 @@ def _by_subject(requests: list[Request]) -> dict[str, list[Request]]:
 def subject_probes(requests: list[Request], pool: Iterable[Fact], k: int, seed: int = 0,
                    cat: dict[str, tuple[str, ...]] | None = None) -> dict[str, list[tuple[str, str | None, str | None]]]:
     """Subject -> up to ``k`` probes of that subject's *other* facts: what an edit of the subject must leave alone
-    (an edit of Germany's head of government, Germany's capital). A seeded sample, stable across gate runs."""
+    (an edit of Germany's head of government, Germany's capital), each fact in its phrasings in turn (every fact
+    once before any twice), so that the probes reach past the phrasings the editor keeps
+    (:func:`keep_templates`). A seeded sample, stable across gate runs. Asked in the main phrasing only, an
+    outside check on a world of companies passed edits that moved the subject's headquarters on "The city that
+    hosts the headquarters of X is" and its first product on "What launched X was"."""
     cat = catalogue() if cat is None else cat
     pool = list(pool)
     out = {}
     for subject, reqs in _by_subject(requests).items():
-        probes = _other_facts(reqs, pool, cat)
-        random.Random(f"{seed}:subject:{subject}").shuffle(probes)
+        rng = random.Random(f"{seed}:subject:{subject}")
+        groups = _other_facts(reqs, pool, cat)
+        for g in groups:
+            rng.shuffle(g)
+        rng.shuffle(groups)
+        probes = [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
         out[subject] = probes[:k] if k else probes
     return out
 
@@ -239,8 +298,8 @@ def keep_templates(requests: list[Request], pool: Iterable[Fact], k: int = 16, s
                    cat: dict[str, tuple[str, ...]] | None = None, per_relation: int = 4,
                    unknown_relations: int = 4, include_first: bool = True) -> dict[str, tuple[str, ...]]:
     """Subject -> up to ``k`` templates ("{}" = the subject) of its other facts, for the editor to keep
-    (:attr:`editing.requests.EditRequest.keep_prompts`): up to ``per_relation`` catalogue phrasings of each
-    relation the model's facts give the subject, subject-first and not alternating (the subject's hidden state
+    (:attr:`editing.requests.EditRequest.keep_prompts`): up to ``per_relation`` phrasings (the catalogue's, else
+    the model's own) of each relation the model's facts give the subject, subject-first and not alternating (the subject's hidden state
     differs between the two, and an edit kept on one form alone moved the other), the request's own
     ``attribute_prompts``, and for a subject the model ships no facts about, ``unknown_relations`` catalogue
     relations. ``include_first`` keeps the relation's first phrasing too, the one the gate's subject probes ask:
@@ -253,6 +312,7 @@ def keep_templates(requests: list[Request], pool: Iterable[Fact], k: int = 16, s
     for subject, reqs in _by_subject(requests).items():
         rewritten_rel = {r.relation for r in reqs if r.relation}
         rewritten = {r.prompt for r in reqs} | {t for r in reqs for t in relation_templates(r, cat)}
+        rewritten |= {t for r in reqs for t in model_templates(r, pool)}
         found: dict[str, None] = {}
         for r in reqs:
             for prompt, _ in getattr(r, "attribute_prompts", ()) or ():
@@ -264,14 +324,14 @@ def keep_templates(requests: list[Request], pool: Iterable[Fact], k: int = 16, s
             random.Random(f"{seed}:keep:{subject}").shuffle(rels)
             rels = rels[:unknown_relations]
         for rel in dict.fromkeys(rels):
-            if rel in cat:  # its phrasings, subject-first and not, alternating
-                rest = cat[rel] if include_first else (cat[rel][1:] or cat[rel])
-                firsts, others = [t for t in rest if t.startswith("{}")], [t for t in rest if not t.startswith("{}")]
-                order = [t for pair in zip(firsts, others) for t in pair] + firsts[len(others):] + others[len(firsts):]
-                found.update({t: None for t in order[:per_relation]})
-            else:
-                found.update({f.prompt.replace(subject, "{}", 1): None for f in pool
-                              if f.subject == subject and f.relation == rel})
+            # its phrasings, the catalogue's or else the model's own, subject-first and not, alternating
+            mine = cat.get(rel) or tuple(dict.fromkeys(t.replace(subject, "{}", 1) for f in pool
+                                                       if f.subject == subject and f.relation == rel
+                                                       for t in f.texts if subject in t))
+            rest = mine if include_first else (mine[1:] or mine)
+            firsts, others = [t for t in rest if t.startswith("{}")], [t for t in rest if not t.startswith("{}")]
+            order = [t for pair in zip(firsts, others) for t in pair] + firsts[len(others):] + others[len(firsts):]
+            found.update({t: None for t in order[:per_relation]})
         out[subject] = tuple(t for t in found if t not in rewritten and t.count("{}") == 1)[:k]
     return out
 
@@ -280,8 +340,10 @@ def for_editor(requests: list[Request], pool: Iterable[Fact], seed: int = 0) -> 
     """The requests as the editor takes them (:class:`editing.requests.EditRequest`), each with the subject's
     other facts to keep (:func:`keep_templates`) and the phrasing to train besides its prompt
     (:func:`rewrite_templates`): what the pipeline, the tests and the benchmarks edit with."""
+    pool = list(pool)
     keep = keep_templates(requests, pool, seed=seed)
-    return [r.to_edit_request(keep=keep.get(r.subject, ()), rewrite=rewrite_templates(r)) for r in requests]
+    return [r.to_edit_request(keep=keep.get(r.subject, ()), rewrite=rewrite_templates(r, pool=pool))
+            for r in requests]
 
 
 def probe_bank(pool: Iterable[Fact], subjects: Iterable[str], exclude: set[str], seed: int = 0,

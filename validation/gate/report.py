@@ -73,8 +73,9 @@ def markdown(report: GateReport) -> str:
         out += ["", "## Failed thresholds", ""]
         for f in report.failures:
             who = ", ".join(f["requests"]) or "the batch as a whole"
-            facts = f"; protected facts changed: {', '.join(f['facts'])}" if f.get("facts") else ""
-            out.append(f"- **{f['metric']}** {fmt(f['value'])} against {fmt(f['threshold'])}: {who}{facts}")
+            facts = f"; facts changed: {', '.join(f['facts'])}" if f.get("facts") else ""
+            own = " (a request's own)" if f.get("scope") == "request" else ""
+            out.append(f"- **{f['metric']}**{own} {fmt(f['value'])} against {fmt(f['threshold'])}: {who}{facts}")
     out += ["", "## Requests", "", "| id | prompt | target_new | says before → after | p_new before → after | "
             "p_true before → after | reliable | paraphrases | subject's other facts kept | neighbours kept |",
             "|---|---|---|---|---|---|---|---|---|---|"]
