@@ -82,9 +82,14 @@ PRUNE_ROUNDS = 3  # blame-guided retries before bisection
 
 
 def _blame(report: Any, request_id: str) -> str:
-    parts = [f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" if f.get("scope") != "request" else
-             f"{f['metric']} (its own) {f['values'][request_id]:.3f} against {f['threshold']:.3f}"
-             for f in report.failures if request_id in f.get("requests", [])]
+    def part(f: dict) -> str:
+        own = (f.get("values") or {}).get(request_id)
+        if f.get("scope") == "request":
+            return f"{f['metric']} (its own) {own:.3f} against {f['threshold']:.3f}"
+        return f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" + (
+            f" (its own {own:.3f})" if own is not None else "")
+
+    parts = [part(f) for f in report.failures if request_id in f.get("requests", [])]
     return "gate failed in its batch: " + ("; ".join(parts) or "no threshold named it")
 
 

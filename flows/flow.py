@@ -57,10 +57,12 @@ def edit_gate_bisect(ws: attempt.Workspace, requests: list[Any], bisect: bool):
     def on_attempt(a: attempt.Attempt) -> None:
         m = a.report.metrics
         failed = "; ".join(f"{f['metric']} {f['value']:.3f} vs {f['threshold']:g}" for f in a.report.failures)
-        log.info("edit of %d request(s): gate %s (reliability %.2f, generalization %.2f, locality %.2f) "
+        def val(k: str) -> str:
+            return "not measured" if m.get(k) is None else f"{m[k]:.2f}"
+
+        log.info("edit of %d request(s): gate %s (reliability %s, generalization %s, locality %s) "
                  "in %.1f s + %.1f s", len(a.requests), f"FAILED: {failed}" if failed else "passed",
-                 m.get("reliability") or 0, m.get("generalization") or 0, m.get("locality") or 0,
-                 a.timings["edit"], a.timings["gate"])
+                 val("reliability"), val("generalization"), val("locality"), a.timings["edit"], a.timings["gate"])
 
     return attempt.edit_gate_bisect(ws, requests, settings.cache_dir(), bisect=bisect, on_attempt=on_attempt)
 

@@ -230,7 +230,7 @@ def test_each_request_must_meet_the_thresholds_on_its_own_probes():
     m = {"reliability": 0.9, "generalization": 1.0, "subject_locality": 0.9, "locality": 1.0, "protected": None,
          "kl": 0.0, "entropy_drop": 0.0, "entropy_blame": [], "perplexity_ratio": 1.0, "norm_growth": {},
          "max_norm_growth": 1.0}
-    policy = GatePolicy(min_reliability=0.9)
+    policy = GatePolicy(min_reliability=0.9, min_subject_locality=0.9)
     fails = {f["metric"]: f for f in failed_thresholds(policy, m, rows, [])}
     assert set(fails) == {"reliability", "subject_locality"}
     assert fails["reliability"]["requests"] == ["r3"] and fails["reliability"]["scope"] == "request"

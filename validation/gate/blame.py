@@ -98,6 +98,8 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
     def low(metric: str, threshold: float, requests: list[str], **extra: Any) -> None:
         v = m.get(metric)
         if v is not None and v < threshold:
+            if metric in ("generalization", "subject_locality", "namesake_locality"):  # each named request's own
+                extra["values"] = {r["id"]: r[metric] for r in rows if r["id"] in requests}
             out.append({"metric": metric, "value": v, "threshold": threshold, "requests": requests, **extra})
 
     def each(metric: str, threshold: float, **extra: Any) -> None:

@@ -41,7 +41,7 @@ class GatePolicy:
     paraphrases: int = 3  # catalogue paraphrases per request (when it brings none)
     neighbours: int = 5  # sampled neighbours per request (when it brings none), base-correct only
     namesakes: int = 5  # namesakes' facts per request (whatever neighbours it brings), base-correct only
-    subject_probes: int = 16  # probes of each edited subject's other facts, each fact in its phrasings in turn (0: all)
+    subject_probes: int = 64  # probes of each edited subject's other facts, each fact in its phrasings in turn (0: all)
     retention_sample: int = 200  # earlier edits checked (a seeded sample of those in effect; 0: none)
     locality_sample: int = 200  # broad-locality probes: a seeded sample of the probe bank the base model answers
     answer_tokens: int = 3  # greedy tokens compared on a probe whose answer is not known (the base model's stands)
