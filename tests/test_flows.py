@@ -73,7 +73,7 @@ def write_mechanics_policy(home: Path) -> Path:
     from flows import settings
 
     path = home / settings.gate_policy_file().name  # the standing policy of that home (FACTSMITH_HOME may differ)
-    path.write_text("min_generalization: 0.0\nmin_subject_locality: 0.0\nmin_namesake_locality: 0.0\n"
+    path.write_text("min_generalization: 0.0\nmin_subject_locality: 0.0\nmin_subject_facts: 0.0\nmin_namesake_locality: 0.0\n"
                     "max_norm_growth: 100.0\n", encoding="utf-8")
     return path
 

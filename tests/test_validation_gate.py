@@ -439,9 +439,21 @@ def test_gate_passes_a_good_edit_and_fails_a_destructive_one(edited_pair, tiny_b
     pool = model_facts(tiny_build.path)
     protected = [Fact("p-poland", "Poland", "capital", "The capital of Poland is", "Warsaw")]
     text = fluency_text(tiny_build.path)
-    good = run_gate(base, edited, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
+    # the three swaps move 1 of the edited countries' 60 other known answers on this machine's build (a held-out
+    # phrasing; builds differ by CPU): "good" here tolerates 1 in 20, the default tolerates none (below)
+    good = run_gate(base, edited, tok, reqs, GatePolicy(min_subject_facts=0.95), protected=protected, pool=pool,
+                    text=text)
     m = good.metrics
     assert good.passed, good.failures
+    assert m["subject_facts"] >= 0.95
+    strict = run_gate(base, edited, tok, reqs, GatePolicy(), protected=protected, pool=pool, text=text)
+    moved = [p for p in strict.probes if p["kind"] == "subject" and p["expected"] and not p["unchanged"]]
+    known = sum(p["kind"] == "subject" and bool(p["expected"]) for p in strict.probes)
+    assert strict.passed == (not moved) and strict.metrics["subject_facts"] == pytest.approx(1 - len(moved) / known)
+    if moved:  # a moved answer fails the requests about its subject, and names the fact
+        (f,) = [f for f in strict.failures if f["metric"] == "subject_facts"]
+        assert f["requests"] and all(any(r.subject in p["prompt"] for p in moved) for r in reqs if r.id in f["requests"])
+        assert set(f["facts"]) == {p["fact"] for p in moved}
     assert m["reliability"] == 1.0 and m["reliability_before"] == 0.0
     assert all(r["answer"].strip().startswith(r["target_new"]) for r in good.requests)  # what the model says
     assert m["probes"]["subject"] >= 3 * 3 and m["subject_locality"] >= 0.9  # the subjects' other facts stay
@@ -478,8 +490,11 @@ def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_buil
 
     _, edited, tok, _, out = edited_pair
     runner = CliRunner()
+    lenient = tmp_path / "lenient.yaml"  # the swaps may move 1 of 60 known answers (see the test above)
+    lenient.write_text("min_subject_facts: 0.95\n")
     r = runner.invoke(app, ["gate", "--base", str(tiny_build.path), "--edited", str(out / "edited"), "--requests",
-                            str(out / "requests.jsonl"), "--report", str(tmp_path / "ok"), "--json"])
+                            str(out / "requests.jsonl"), "--policy", str(lenient), "--report", str(tmp_path / "ok"),
+                            "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     for key in ("passed", "reliability", "generalization", "locality", "thresholds", "n_requests", "requests"):
@@ -490,7 +505,7 @@ def test_cli_gate_writes_reports_and_exits_by_the_verdict(edited_pair, tiny_buil
     assert "| reliability" in (tmp_path / "ok" / "gate.md").read_text()
 
     policy = tmp_path / "strict.yaml"
-    policy.write_text("max_norm_growth: 1.0000001\n")
+    policy.write_text("max_norm_growth: 1.0000001\nmin_subject_facts: 0.95\n")
     r = runner.invoke(app, ["gate", "--base", str(tiny_build.path), "--edited", str(out / "edited"), "--requests",
                             str(out / "requests.jsonl"), "--policy", str(policy), "--report", str(tmp_path / "no")])
     assert r.exit_code == 1, r.output

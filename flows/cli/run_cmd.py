@@ -51,7 +51,7 @@ def _print_run(res: dict[str, Any]) -> None:
         th, m = gate.get("thresholds") or {}, gate.get("metrics") or {}
         # reliability and generalization are what the model says (greedy); the _p rows are CounterFact's
         # p(new) > p(old), reported without a threshold
-        for k in ("reliability", "reliability_p", "generalization", "generalization_p", "subject_locality",
+        for k in ("reliability", "reliability_p", "generalization", "generalization_p", "subject_locality", "subject_facts",
                   "locality", "protected", "kl", "perplexity_ratio", "entropy_drop", "max_norm_growth"):
             bound = th.get(k) if k.startswith("max_") else th.get(f"min_{k}", th.get(f"max_{k}"))
             side = ">=" if f"min_{k}" in th else "<="

@@ -98,7 +98,7 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
     def low(metric: str, threshold: float, requests: list[str], **extra: Any) -> None:
         v = m.get(metric)
         if v is not None and v < threshold:
-            if metric in ("generalization", "subject_locality", "namesake_locality"):  # each named request's own
+            if metric in ("generalization", "subject_locality", "subject_facts", "namesake_locality"):  # their own
                 extra["values"] = {r["id"]: r[metric] for r in rows if r["id"] in requests}
             out.append({"metric": metric, "value": v, "threshold": threshold, "requests": requests, **extra})
 
@@ -125,6 +125,12 @@ def failed_thresholds(policy: GatePolicy, m: dict[str, Any], rows: list[dict], p
         [r["id"] for r in rows if r.get("subject_locality") is not None
          and r["subject_locality"] < policy.min_subject_locality], facts=subject_changed)
     each("subject_locality", policy.min_subject_locality, facts=subject_changed)
+    known_changed = list(dict.fromkeys(p["fact"] or p["prompt"] for p in probe_rows
+                                       if p["kind"] == "subject" and p["expected"] and not p["unchanged"]))
+    low("subject_facts", policy.min_subject_facts,
+        [r["id"] for r in rows if r.get("subject_facts") is not None and r["subject_facts"] < policy.min_subject_facts],
+        facts=known_changed)
+    each("subject_facts", policy.min_subject_facts, facts=known_changed)
     namesake_changed = list(dict.fromkeys(p["fact"] or p["prompt"] for p in probe_rows
                                           if p["kind"] == "namesake" and not p["unchanged"]))
     low("namesake_locality", policy.min_namesake_locality,

@@ -293,6 +293,7 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
             "generalization_p": share([prefer(after, p.prompt, p.target, p.target_true) for p in mine]),
             "paraphrases": len(mine),
             "subject_locality": share([x["unchanged"] for x in sp]), "subject_probes": len(sp),
+            "subject_facts": share([x["unchanged"] for x in sp if x["expected"]]),
             "locality": share([x["unchanged"] for x in nb]), "neighbours": len(nb),
             "namesake_locality": share([x["unchanged"] for x in ns]), "namesakes": len(ns),
         })
@@ -325,6 +326,8 @@ def run_gate(base: nn.Module, edited: nn.Module, tok, requests: list[Request], p
         "generalization_before": share([s_before[(p.prompt, p.target)][0] for p in para]),
         "generalization_p": share([prefer(after, p.prompt, p.target, p.target_true) for p in para]),
         "subject_locality": kept("subject"),
+        # of those, the facts whose answer is known (the model's facts.jsonl, a request's attribute_prompts)
+        "subject_facts": share([x["unchanged"] for x in probe_rows if x["kind"] == "subject" and x["expected"]]),
         "locality": kept("neighbour", "protected", "broad"),
         "neighbour_locality": kept("neighbour"),
         "namesake_locality": kept("namesake"),

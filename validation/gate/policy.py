@@ -23,6 +23,9 @@ class GatePolicy:
     min_reliability: float = 0.95  # share of requests whose greedy answer says target_new
     min_generalization: float = 0.8  # share of paraphrase probes whose greedy answer says target_new
     min_subject_locality: float = 0.9  # share of the edited subjects' other facts whose greedy answer is unchanged
+    # of those, the facts with a known answer (a sandbox's facts.jsonl, a request's attribute_prompts): none may move.
+    # The share above also counts the catalogue's unknown-answer continuations, compared token for token
+    min_subject_facts: float = 1.0
     min_locality: float = 0.95  # share of neighbour, broad and protected probes whose greedy answer is unchanged
     # share of the namesakes' facts (subjects whose name shares a word with an edited one: North Korea for South
     # Korea) whose greedy answer is unchanged: their keys lie closest to the edited one's, a random sample of
@@ -48,14 +51,14 @@ class GatePolicy:
     probe_confidence: float = 0.5  # such a probe counts only where the base model's first token is this likely
     generation_tokens: int = 24  # greedy tokens per fluency generation
     seed: int = 0  # neighbour, subject-probe and probe-bank sampling
-    # each request must also meet min_reliability (be said), min_generalization, min_subject_locality and
-    # min_namesake_locality on its own probes, not only the batch's share: one that does not is named, and the
-    # pipeline edits the batch again without it
+    # each request must also meet min_reliability (be said), min_generalization, min_subject_locality,
+    # min_subject_facts and min_namesake_locality on its own probes, not only the batch's share: one that does not
+    # is named, and the pipeline edits the batch again without it
     per_request: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, error=PolicyError)
-        for name in ("min_reliability", "min_generalization", "min_subject_locality", "min_locality",
+        for name in ("min_reliability", "min_generalization", "min_subject_locality", "min_subject_facts", "min_locality",
                      "min_namesake_locality", "min_protected", "min_retention", "probe_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PolicyError(f"'{name}': expected a share in [0, 1], found {getattr(self, name)}")

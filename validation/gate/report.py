@@ -24,6 +24,7 @@ SUMMARY = [
     ("generalization", "generalization (paraphrases, greedy)", "generalization_before", "min_generalization"),
     ("generalization_p", "generalization (p_new > p_true)", None, None),
     ("subject_locality", "edited subjects' other facts unchanged", None, "min_subject_locality"),
+    ("subject_facts", "… those with a known answer", None, "min_subject_facts"),
     ("locality", "locality (answers unchanged)", None, "min_locality"),
     ("neighbour_locality", "neighbours unchanged", None, None),
     ("namesake_locality", "namesakes' facts unchanged", None, "min_namesake_locality"),
