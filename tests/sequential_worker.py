@@ -1,5 +1,6 @@
 """One method's edits run after run on a sandbox, as the pipeline applies them (each run's keep prompts from its
-own batch, the state carried, the edits a run replaces released), greedy on every edit so far after each run.
+own batch, the statistics from the corpus the sandbox ships, the state carried, the edits a run replaces released),
+greedy on every edit so far after each run.
 Run as ``python -m tests.sequential_worker MODEL_DIR METHOD CACHE_DIR RUNS PER [--stop-on-loss] [--threads N]
 [--hparams FILE] [--more-threads-when FILE]``; prints JSON (one thread unless told; two from the next run on once
 FILE exists: the worker beside it has finished. A file, not a signal: a signal that reaches a worker already
@@ -27,6 +28,7 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
     torch.set_num_threads(threads)
     base, tok = modeldir.load(model_dir, "cpu")
     facts = G.model_facts(model_dir)
+    corpus = modeldir.model_corpus(model_dir)  # the statistics text the pipeline uses (flows.pipeline)
     raw = world_requests(model_dir, runs * per, seed=0)
     batches = [G.with_probes(raw[k * per:(k + 1) * per], facts) for k in range(runs)]
     hp = H.load(hparams, method) if hparams else H.default(method, "sandbox")
@@ -35,7 +37,8 @@ def run(model_dir: Path, method: str, cache_dir: Path, runs: int, per: int, stop
         if more_threads_when is not None and more_threads_when.exists():
             torch.set_num_threads(2)  # the worker beside this one has finished: take both cores
         released = [last[r.subject] for r in batch if r.subject in last]
-        res = compute_edit(model, tok, batch, hp, Cache(cache_dir), state=state, released=released)
+        res = compute_edit(model, tok, batch, hp, Cache(cache_dir), corpus_files=corpus, state=state,
+                           released=released)
         apply(model, res.delta)
         state = res.state
         last.update((r.subject, r) for r in batch)

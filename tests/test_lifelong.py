@@ -271,9 +271,11 @@ def test_alphaedit_keeps_every_earlier_edit_where_memit_sequential_loses_them_to
     what AlphaEdit adds: the earlier edits' keys held in the solve. Both say every edit of every run (one unsaid a
     run allowed); MEMIT-sequential loses earlier edits it had said, most of them once the subject's twin is
     edited; AlphaEdit keeps every one. Measured 2026-12-06, edits lost by run 5 (of them with the twin edited),
-    MEMIT-sequential / AlphaEdit: this world 13 (11) / 0; the world of seed 1 9 (9, MEMIT without the lead check)
-    / 0; seed 2, built after the file was chosen, 11 (11, MEMIT raising every short lead) / 0. AlphaEdit's preset
-    (layer 1, where a pair's keys coincide) lost 4 here, MEMIT's 15 (README, "Lifelong editing")."""
+    MEMIT-sequential / AlphaEdit, statistics from the corpus the sandbox ships (the pipeline's; 129 s on 2
+    cores): this world 10 (8) / 0; the world of seed 1 8 (8) / 0; seed 2 8 (8) / 1 (it also says only 8 of its
+    first run's 10). With statistics of text sampled from each run's model (the worker before, 213 s): 13 (11) /
+    0, 9 (9) / 0, 11 (11) / 0. AlphaEdit's preset (layer 1, where a pair's keys coincide) lost 4 here, MEMIT's 15
+    (README, "Lifelong editing")."""
     import yaml
 
     from bench.sequential import world_requests
