@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +56,11 @@ class Row:
 
     ids: list[int]
     subj: int  # index of the subject's last token (where δ is added)
-    start: int  # first target token (== len(ids) for an essence prompt)
+    start: int  # first target token (== len(ids) for an essence prompt; a keep row's first answer token held)
     req: int  # which request the row belongs to
     kind: str  # "rewrite" (a prompt with its new target), "essence" or "keep" (a prompt whose distribution stays)
+    # where δ is added besides ``subj``: later occurrences of the subject's last token (TargetHparams.delta_at_repeats)
+    repeats: tuple[int, ...] = ()
 
 
 def _batches(rows: list[Row], size: int, key=lambda r: len(r.ids)) -> list[list[Row]]:
@@ -122,17 +124,22 @@ class _Chunk:
     bix: torch.Tensor  # (B,) 0..B-1
     six: torch.Tensor  # (B,) subject's last token of each row
     read: torch.Tensor  # (B, T) bool: the positions whose logits are read — a rewrite row's positions that
-    #                     predict its target tokens, an essence or keep row's last prompt position. A step reads
+    #                     predict its target tokens, an essence row's last prompt position, a keep row's
+    #                     positions from its last prompt token to its last held answer token. A step reads
     #                     the logits of these N entries only, flat, in row-major order (no head on padding).
     frow: torch.Tensor  # (N,) the row of each entry
     tgt: torch.Tensor  # (N,) the target token an entry predicts (0 for an essence or keep row's entry)
     msk: torch.Tensor  # (N,) 1 where an entry predicts a target token
     is_rw: torch.Tensor  # (B,) rewrite row (else essence or keep)
-    eb: torch.Tensor  # (E,) essence and keep rows
+    eb: torch.Tensor  # (E,) the row of each essence and keep entry (a keep row has one per held answer token)
     eix: torch.Tensor  # (E,) the entry of each
     eref: torch.Tensor  # (E, V) their log p before the edit
-    ew: torch.Tensor  # (E,) the weight of each one's KL in its request's loss
+    ew: torch.Tensor  # (E,) the weight of each one's KL in its request's loss (its row's, shared by its entries)
     ekeep: torch.Tensor  # (E,) a keep row (its answer is part of the argmax stop), else an essence row
+    # (X,) δ added besides each row's ``six``: the row, the column and the request of each (Row.repeats)
+    xb: torch.Tensor
+    xs: torch.Tensor
+    xr: torch.Tensor
     pre: "_Prefix | None" = None  # the positions before each row's subject token, run once (prefix_cache)
 
 
@@ -259,19 +266,27 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], k
     frow: list[int] = []
     tgt: list[int] = []
     eix: list[int] = []
+    eb: list[int] = []
+    ew: list[float] = []
     for b, r in enumerate(rows):  # entries in row-major order, as a boolean mask selects them
         if r.kind == "rewrite":
             read[b, r.start - 1:len(r.ids) - 1] = True  # logits at j predict token j + 1
             tgt += r.ids[r.start:]
             frow += [b] * (len(r.ids) - r.start)
         else:
-            read[b, r.start - 1] = True
-            eix.append(len(frow))
-            tgt.append(0)
-            frow.append(b)
+            m = len(r.ids) - r.start + 1  # an essence row's next token; a keep row's held answer tokens
+            read[b, r.start - 1:len(r.ids)] = True
+            eix += range(len(frow), len(frow) + m)
+            eb += [b] * m
+            ew += [kl_w[id(r)] / m] * m
+            tgt += [0] * m
+            frow += [b] * m
     erows = [b for b, r in enumerate(rows) if r.kind != "rewrite"]
     is_rw = torch.tensor([r.kind == "rewrite" for r in rows])
     frow_t = torch.tensor(frow)
+    # δ's other positions: in suffix coordinates with a cached prefix; only those a step runs
+    xs = [(b, q - (r.subj if kw is not None else 0), r.req) for b, r in enumerate(rows) for q in r.repeats
+          if q < _run_to(r)]
     return _Chunk(
         rows, ids, att,
         rix=torch.tensor([r.req for r in rows], device=device),
@@ -279,10 +294,13 @@ def _chunk(rows: list[Row], pad: int, device, kl_ref: dict[int, torch.Tensor], k
         six=torch.tensor([0 if kw is not None else r.subj for r in rows], device=device),  # suffix: column 0
         read=read.to(device), frow=frow_t.to(device), tgt=torch.tensor(tgt).to(device),
         msk=is_rw[frow_t].float().to(device), is_rw=is_rw.to(device),
-        eb=torch.tensor(erows, dtype=torch.long, device=device), eix=torch.tensor(eix, dtype=torch.long, device=device),
-        eref=torch.stack([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
-        ew=torch.tensor([kl_w[id(rows[b])] for b in erows], device=device),
-        ekeep=torch.tensor([rows[b].kind == "keep" for b in erows], dtype=torch.bool, device=device),
+        eb=torch.tensor(eb, dtype=torch.long, device=device), eix=torch.tensor(eix, dtype=torch.long, device=device),
+        eref=torch.cat([kl_ref[id(rows[b])] for b in erows]) if erows else torch.zeros(0, device=device),
+        ew=torch.tensor(ew, device=device),
+        ekeep=torch.tensor([rows[b].kind == "keep" for b in eb], dtype=torch.bool, device=device),
+        xb=torch.tensor([x[0] for x in xs], dtype=torch.long, device=device),
+        xs=torch.tensor([x[1] for x in xs], dtype=torch.long, device=device),
+        xr=torch.tensor([x[2] for x in xs], dtype=torch.long, device=device),
         pre=_prefix(model, rows, pad, device, read, kw, below) if kw is not None else None,
     )
 
@@ -300,6 +318,7 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
     new_of = {b: i for i, b in enumerate(idx.tolist())}
     e_keep = [i for i, b in enumerate(c.eb.tolist()) if b in new_of]
     e_ix = torch.tensor(e_keep, dtype=torch.long, device=dev)
+    x_keep = torch.tensor([i for i, b in enumerate(c.xb.tolist()) if b in new_of], dtype=torch.long, device=dev)
     alive = torch.tensor(live, device=dev)
     ent = alive[c.frow].nonzero().squeeze(1)  # the live rows' entries, in order
     new_entry = torch.cumsum(alive[c.frow].long(), 0) - 1  # old entry -> new entry (where kept)
@@ -321,7 +340,9 @@ def _select(c: _Chunk, live: list[bool]) -> _Chunk | None:
                   eix=new_entry[c.eix.index_select(0, e_ix)] if len(c.eb) else c.eix,
                   eref=c.eref.index_select(0, e_ix) if len(c.eb) else c.eref,
                   ew=c.ew.index_select(0, e_ix) if len(c.eb) else c.ew,
-                  ekeep=c.ekeep.index_select(0, e_ix) if len(c.eb) else c.ekeep, pre=pre)
+                  ekeep=c.ekeep.index_select(0, e_ix) if len(c.eb) else c.ekeep,
+                  xb=torch.tensor([new_of[b] for b in c.xb.tolist() if b in new_of], dtype=torch.long, device=dev),
+                  xs=c.xs.index_select(0, x_keep), xr=c.xr.index_select(0, x_keep), pre=pre)
 
 
 def _pad_to(t: torch.Tensor, dim: int, n: int, value=0) -> torch.Tensor:
@@ -392,7 +413,7 @@ def _merge(cs: list[_Chunk]) -> _Chunk:
                   read=torch.cat([_pad_to(c.read, 1, T, False) for c in cs]), frow=cat("frow", rows_off),
                   tgt=cat("tgt"), msk=cat("msk"), is_rw=cat("is_rw"), eb=cat("eb", rows_off),
                   eix=cat("eix", ent_off), eref=torch.cat(eref) if eref else cs[0].eref, ew=cat("ew"),
-                  ekeep=cat("ekeep"), pre=pre)
+                  ekeep=cat("ekeep"), xb=cat("xb", rows_off), xs=cat("xs"), xr=cat("xr"), pre=pre)
 
 
 def _coalesce(chunks: list[_Chunk], size: int, overhead: int = 64) -> list[_Chunk]:
@@ -617,6 +638,46 @@ def _rows(tokenizer, requests: list[EditRequest], templates: list[str], hp: Targ
     return rows
 
 
+@torch.no_grad()
+def _with_answers(model: nn.Module, rows: list[Row], tokens: int, pad: int, device, batch_size: int) -> list[Row]:
+    """Each keep row with the first ``tokens`` − 1 tokens of the model's greedy answer appended (teacher-forced:
+    the step holds the distribution at its last prompt position and at each of those), the others as they are."""
+    keep = [r for r in rows if r.kind == "keep"]
+    grown = {id(r): list(r.ids) for r in keep}
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(tokens - 1):
+            for chunk in _batches(keep, batch_size, key=lambda r: len(grown[id(r)])):
+                cur = [Row(grown[id(r)], r.subj, len(grown[id(r)]), r.req, r.kind) for r in chunk]
+                ids, att = _pad(cur, pad, device)
+                last = torch.tensor([[len(x.ids) - 1] for x in cur], device=device)  # (B, 1)
+                nxt = _logits_at(model, ids, att, last)[:, 0].argmax(-1).tolist()  # (B,)
+                for r, t in zip(chunk, nxt):
+                    grown[id(r)].append(int(t))
+    finally:
+        model.train(was_training)
+    return [replace(r, ids=grown[id(r)]) if r.kind == "keep" else r for r in rows]
+
+
+def _with_repeats(tokenizer, rows: list[Row], requests: list[EditRequest]) -> list[Row]:
+    """Each row with the later occurrences of its subject's tokens (as a word, or as the text's start) marked:
+    δ is added at the last token of each as at the subject's (:attr:`Row.repeats`)."""
+    pats: dict[str, list[list[int]]] = {}
+    for r in requests:
+        if r.subject not in pats:
+            forms = {tuple(tokenizer(f, add_special_tokens=False)["input_ids"]) for f in (" " + r.subject, r.subject)}
+            pats[r.subject] = [list(f) for f in forms if f]
+    out = []
+    for row in rows:
+        ids, found = row.ids, set()
+        for pat in pats[requests[row.req].subject]:
+            k = len(pat)
+            found.update(i + k - 1 for i in range(row.subj + 1, len(ids) - k + 1) if ids[i:i + k] == pat)
+        out.append(replace(row, repeats=tuple(sorted(found))) if found else row)
+    return out
+
+
 def bytes_per_position(model: nn.Module) -> int:
     """What one row position held across a target step costs, roughly (float32): its logits, log-softmax and
     their gradient (3 V) and what every block keeps for the backward pass (~14 d per layer). Fitted to the peaks
@@ -749,6 +810,10 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
     rows = _rows(tokenizer, requests, templates, hp)
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
+    if hp.keep_tokens > 1:
+        rows = _with_answers(model, rows, hp.keep_tokens, pad, device, hp.batch_prompts)
+    if hp.delta_at_repeats:
+        rows = _with_repeats(tokenizer, rows, requests)
     n_rewrite = torch.tensor([sum(1 for r in rows if r.req == j and r.kind == "rewrite") for j in range(n)],
                              dtype=torch.float32, device=device)  # (n,) rewrite rows per request
     # KL weight of each essence and keep row: each kind's mean over the request's rows, times its factor
@@ -771,10 +836,14 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
     with torch.no_grad():
         for chunk in _batches(need, hp.batch_prompts):
             ids, att = _pad(chunk, pad, device)
-            # the logits only where a KL row reads them (the head over every position was most of this pass)
-            last = torch.tensor([[max(r.start - 1, 0)] for r in chunk], device=device)  # (B, 1)
+            # the logits only where a KL row reads them (the head over every position was most of this pass): an
+            # essence row's last position, a keep row's from its last prompt token on (padded with the last one)
+            at = [list(range(r.start - 1, len(r.ids))) if r.kind != "rewrite" else [max(r.start - 1, 0)]
+                  for r in chunk]
+            width = max(len(a) for a in at)
+            where = torch.tensor([a + a[-1:] * (width - len(a)) for a in at], device=device)  # (B, K)
             with Trace(model, [module_name]) as tr:
-                logits = _logits_at(model, ids, att, last)  # (B, 1, V)
+                logits = _logits_at(model, ids, att, where)  # (B, K, V)
             h = tr[module_name].output  # (B, T, d)
             if init is None:
                 init = torch.zeros(n, h.shape[-1], device=device)
@@ -782,7 +851,7 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
                 if r is rows[base_rows[r.req]]:
                     init[r.req] = h[b, r.subj].float()
                 if r.kind != "rewrite":
-                    kl_ref[id(r)] = F.log_softmax(logits[b, 0].float(), -1)
+                    kl_ref[id(r)] = F.log_softmax(logits[b, :len(at[b])].float(), -1)  # (entries, V)
     assert init is not None
     # Per δ row: the mean ‖h‖ of its requests (one subject's prompts differ only in words around the subject).
     size = torch.zeros(G, device=device).index_add(0, group, torch.ones(n, device=device))  # (G,)
@@ -822,7 +891,10 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
             miss = torch.zeros(n, device=device)  # rows whose greedy answer is not yet what the stop asks
             for c in chunks:
                 def add_delta(_name, hidden, c=c):
-                    return hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
+                    out = hidden.index_put((c.bix, c.six), delta[group[c.rix]].to(hidden.dtype), accumulate=True)
+                    if len(c.xb):  # where the subject is named again
+                        out = out.index_put((c.xb, c.xs), delta[group[c.xr]].to(hidden.dtype), accumulate=True)
+                    return out
 
                 logits = _chunk_logits(model, c, kw, module_name, add_delta, below)  # (N, V)
                 logp = F.log_softmax(logits.float(), -1)  # (N, V)
@@ -843,10 +915,22 @@ def _optimize_rows(model: nn.Module, tokenizer, module_name: str, requests: list
                     # a keep row costs only what it drifts past keep_margin nats: small moves of the subject's
                     # other answers are free, so the δ is not held to the trained contexts alone
                     kl = torch.where(c.ekeep, (kl - hp.keep_margin).clamp_min(0.0), kl)
-                    kl_rows = kl_rows.index_put((c.eb,), kl * c.ew)
-                    with torch.no_grad():  # a keep row answers with the base model's first token
-                        same = (cur.argmax(-1) == c.eref.argmax(-1)) | ~c.ekeep
-                        ok = ok.index_put((c.eb,), same)
+                    base_tok = c.eref.argmax(-1, keepdim=True)  # (E, 1)
+                    if hp.keep_lead > 0:  # the base answer's lead over the runner-up, held to keep_lead
+                        with torch.no_grad():
+                            b2 = c.eref.topk(2, dim=-1).values
+                            # 0.01 nats below the base lead: at δ = 0 the hinge is then off by a margin, not by
+                            # float noise (which told the cached and the whole-row passes apart)
+                            need = torch.minimum(b2[:, 0] - b2[:, 1], torch.tensor(hp.keep_lead, device=device)) - 0.01
+                        lead_now = cur.gather(-1, base_tok).squeeze(-1) - cur.scatter(-1, base_tok, float("-inf")).amax(-1)
+                        short = (need - lead_now).clamp_min(0.0)
+                        kl = kl + torch.where(c.ekeep, short, torch.zeros_like(short))
+                    kl_rows = kl_rows.index_put((c.eb,), kl * c.ew, accumulate=True)
+                    with torch.no_grad():  # a keep row answers with the base model's tokens (keep_tokens of them)
+                        same = (cur.argmax(-1) == base_tok.squeeze(-1)) | ~c.ekeep
+                        if hp.keep_lead > 0:
+                            same &= (lead_now >= need) | ~c.ekeep
+                        ok = ok & (torch.zeros(B, device=device).index_add(0, c.eb, (~same).float()) == 0)
                 nll_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, nll_rows, 0.0))
                 kl_c = torch.zeros(n, device=device).index_add(0, c.rix, torch.where(c.is_rw, 0.0, kl_rows))
                 part = nll_c / n_rewrite + kl_c

@@ -239,6 +239,95 @@ def test_the_cached_prefix_gives_the_full_forwards_logits(family, bos, at, tok):
     assert torch.allclose(got, out[0][idx], atol=1e-4)
 
 
+def _held_and_repeated_rows(model, tok):
+    """Rows of REQS and of a request whose keep prompt names its subject again and whose target does, with the
+    keep rows' 3-token answers appended and the repeats marked."""
+    reqs = REQS + [EditRequest("Japan", "{} is the home of", "Japan Paris", "Japanese", id="r4",
+                               keep_prompts=("The capital of {} is not Japan", "The head of state of {}"))]
+    hp = H.TargetHparams(essence_prompts=("{} is a",), keep_tokens=3, delta_at_repeats=True)
+    rows = T._rows(tok, reqs, ["{}", "Berlin is in Germany. {}"], hp)
+    rows = T._with_repeats(tok, T._with_answers(model, rows, 3, 0, "cpu", 256), reqs)
+    return reqs, rows
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_held_answer_tokens_and_repeats_give_the_full_forwards_logits(family, tok):
+    """A keep row holds its first answer tokens (teacher-forced on the model's own greedy answer) and δ is added
+    also where the subject is named again: the cached prefix, the replayed blocks and rows merged from two passes
+    still give the full forward's logits, one entry per held token, δ at every marked position."""
+    from editing.arch import spec_for
+
+    model = tiny_model(family, vocab=VOCAB, init_range=0.2)
+    reqs, rows = _held_and_repeated_rows(model, tok)
+    keep = [r for r in rows if r.kind == "keep"]
+    assert keep and all(len(r.ids) == r.start + 2 for r in keep)  # 3 held tokens: 2 of them appended
+    with torch.no_grad():  # the appended tokens are the model's greedy answer
+        for r in keep:
+            for q in (r.start, r.start + 1):
+                assert int(model(input_ids=torch.tensor([r.ids[:q]])).logits[0, -1].argmax()) == r.ids[q]
+    marked = [r for r in rows if r.repeats]
+    assert {r.kind for r in marked} == {"keep", "rewrite"}  # the keep prompt's "... not Japan", the target "Japan Paris"
+    for r in marked:
+        assert all(q > r.subj for q in r.repeats)
+        assert all(tok.decode(r.ids[:q + 1]).endswith("Japan") for q in r.repeats)
+    kl = ({id(r): torch.randn(len(r.ids) - r.start + 1 if r.kind != "rewrite" else 1, VOCAB).log_softmax(-1)
+           for r in rows}, {id(r): 1.0 for r in rows})
+    kw = T.cache_kw(model)
+    name = spec_for(model).layer(1)
+    below = T._below(model, name)
+    full = T._chunk(rows, 0, "cpu", *kl)
+    cached = T._chunk(rows, 0, "cpu", *kl, model, kw)
+    replayed = T._chunk(rows, 0, "cpu", *kl, model, kw, below)
+    assert len(full.eb) == sum(len(r.ids) - r.start + 1 for r in rows if r.kind != "rewrite")
+    assert len(full.xb) == sum(sum(q < len(r.ids) - (r.kind == "rewrite") for q in r.repeats) for r in rows) > 0
+    delta = torch.randn(len(reqs), model.config.hidden_size)
+
+    def add_for(c):
+        def add(_n, h):
+            out = h.index_put((c.bix, c.six), delta[c.rix].to(h.dtype), accumulate=True)
+            return out.index_put((c.xb, c.xs), delta[c.xr].to(h.dtype), accumulate=True)
+        return add
+
+    with torch.no_grad():
+        out = [T._chunk_logits(model, c, k, name, add_for(c), b)
+               for c, k, b in ((full, None, None), (cached, kw, None), (replayed, kw, below))]
+        bare = T._chunk_logits(model, full, None, name,
+                               lambda _n, h: h.index_put((full.bix, full.six), delta[full.rix].to(h.dtype),
+                                                         accumulate=True))
+    assert not torch.allclose(bare, out[0], atol=1e-3)  # the repeats' δ moves the logits
+    assert torch.allclose(out[1], out[0], atol=1e-4) and torch.allclose(out[2], out[0], atol=1e-4)
+    by_len = sorted(range(len(rows)), key=lambda i: len(rows[i].ids) - rows[i].subj)
+    halves = [by_len[: len(rows) // 2], by_len[len(rows) // 2:]]
+    parts = [T._chunk([rows[i] for i in h], 0, "cpu", *kl, model, kw, below) for h in halves]
+    live = [i % 3 != 0 for i in range(len(halves[0]))]  # a third of the first pass's rows leave
+    merged = T._merge([T._select(parts[0], live), parts[1]])
+    kept = [i for i, x in zip(halves[0], live) if x] + halves[1]
+    assert [id(r) for r in merged.rows] == [id(rows[i]) for i in kept]
+    with torch.no_grad():
+        got = T._chunk_logits(model, merged, kw, name, add_for(merged), below)
+    idx = torch.cat([(full.frow == i).nonzero().squeeze(1) for i in kept])
+    assert len(got) == len(idx) and torch.allclose(got, out[0][idx], atol=1e-4)
+    assert len(merged.eb) == sum(len(rows[i].ids) - rows[i].start + 1 for i in kept if rows[i].kind != "rewrite")
+
+
+def test_targets_that_hold_answers_and_repeats_with_the_cached_prefix_are_those_of_the_whole_rows(tok):
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    reqs, _ = _held_and_repeated_rows(model, tok)
+    hp = H.TargetHparams(v_steps=12, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                         keep_tokens=3, delta_at_repeats=True, keep_lead=1.0, stop="argmax")
+    templates = ["{}", "Berlin is in Germany. {}"]
+    a = optimize_targets(model, tok, "transformer.h.1", reqs, templates, hp)
+    b = optimize_targets(model, tok, "transformer.h.1", reqs, templates, dataclasses.replace(hp, prefix_cache=False))
+    assert a.steps == b.steps and a.delta.norm() > 0
+    assert torch.allclose(a.delta, b.delta, atol=1e-4, rtol=1e-3)
+    c = optimize_targets(model, tok, "transformer.h.1", reqs, templates, dataclasses.replace(hp, delta_at_repeats=False))
+    assert not torch.allclose(a.delta, c.delta, atol=1e-4)  # the repeats take part
+    with pytest.raises(H.HparamsError, match="keep_tokens"):
+        H.TargetHparams(keep_tokens=0)
+    with pytest.raises(H.HparamsError, match="keep_lead"):
+        H.TargetHparams(keep_lead=-1.0)
+
+
 def test_rows_are_cut_into_passes_where_padding_costs_most():
     rows = [T.Row([1] * n, 0, n, 0, "keep") for n in [2] * 40 + [3] * 30 + [9] * 5 + [10] * 2]
     length = lambda r: len(r.ids)  # noqa: E731
@@ -463,6 +552,54 @@ def test_keep_prompts_hold_the_subjects_other_answers(tok):
         _with_delta(model, tok, name, probe, "{}", free.delta[0])[1]
     with pytest.raises(RequestError, match="keep_prompts"):
         EditRequest("France", "The capital of {}", "Warsaw", keep_prompts=("no placeholder",))
+
+
+def test_keep_tokens_hold_a_keep_prompts_later_answer_tokens_and_keep_lead_its_margin(tok):
+    """keep_tokens 3 holds the distribution at a keep prompt's 2nd and 3rd answer tokens (teacher-forced on the
+    model's own greedy answer), which keep_tokens 1 leaves free; keep_lead makes the first answer token keep a
+    lead over its runner-up (the smaller of keep_lead and its lead before the edit) where argmax alone does not."""
+    from editing.hooks import Trace
+    from editing.tokens import encode_edit
+
+    model = tiny_model("gpt2", vocab=VOCAB, d_model=48, d_mlp=96, init_range=0.2)
+    name = "transformer.h.1"
+    keep = "The head of state of {}"
+    req = EditRequest("France", "The capital of {}", "Japan", id="k", keep_prompts=(keep,))
+    base = H.TargetHparams(v_steps=40, v_lr=0.5, context_templates=(), v_weight_decay=1e-4, clamp_norm_factor=1000.0,
+                           kl_factor=0.0, keep_factor=4.0, stop="argmax")
+    ids, subj, _ = encode_edit(tok, keep, "France")
+    with torch.no_grad():
+        for _ in range(2):  # the model's greedy answer, 2 tokens of it
+            ids = ids + [int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())]
+    n_prompt = len(ids) - 2
+
+    def logp(delta):  # (3, V) at the last prompt token and the two answer tokens after it
+        x = torch.tensor([ids])
+        add = (lambda _n, h: h.index_put((torch.tensor([0]), torch.tensor([subj])), delta[None], accumulate=True)
+               if delta is not None else h)
+        with torch.no_grad(), Trace(model, [name], edit_output=add, retain_output=False):
+            return torch.log_softmax(model(input_ids=x).logits[0, n_prompt - 1:], -1)
+
+    before = logp(None)
+
+    def drift(delta):  # KL(before || after) at each of the three positions
+        after = logp(delta)
+        return (before.exp() * (before - after)).sum(-1)
+
+    one = optimize_targets(model, tok, name, [req], ["{}"], base)
+    three = optimize_targets(model, tok, name, [req], ["{}"], dataclasses.replace(base, keep_tokens=3))
+    d1, d3 = drift(one.delta[0]), drift(three.delta[0])
+    assert float(d3[1:].sum()) < 0.5 * float(d1[1:].sum())
+
+    def lead(lp):
+        top = lp[0].topk(2).values
+        return float(top[0] - top[1])
+
+    need = min(2.0, lead(before))
+    led = optimize_targets(model, tok, name, [req], ["{}"], dataclasses.replace(base, keep_lead=2.0))
+    after_led, after_one = logp(led.delta[0]), logp(one.delta[0])
+    assert after_led[0].argmax() == before[0].argmax() and lead(after_led) >= need - 0.02
+    assert lead(after_one) < need  # argmax alone stopped with less
 
 
 def test_memit_reports_and_raises_the_realised_share_of_each_target(tok, tmp_path):

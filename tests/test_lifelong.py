@@ -273,7 +273,8 @@ def test_alphaedit_keeps_every_earlier_edit_where_memit_sequential_loses_them_to
     edited; AlphaEdit keeps every one. Measured 2026-12-06, edits lost by run 5 (of them with the twin edited),
     MEMIT-sequential / AlphaEdit, statistics from the corpus the sandbox ships (the pipeline's; 129 s on 2
     cores): this world 10 (8) / 0; the world of seed 1 8 (8) / 0; seed 2 8 (8) / 1 (it also says only 8 of its
-    first run's 10). With statistics of text sampled from each run's model (the worker before, 213 s): 13 (11) /
+    first run's 10); this world with the MEMIT preset's keep options (keep_tokens, delta_at_repeats, keep_lead;
+    2026-12-06) 12 (11) / 0. With statistics of text sampled from each run's model (the worker before, 213 s): 13 (11) /
     0, 9 (9) / 0, 11 (11) / 0. AlphaEdit's preset (layer 1, where a pair's keys coincide) lost 4 here, MEMIT's 15
     (README, "Lifelong editing")."""
     import yaml
