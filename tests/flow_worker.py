@@ -1,6 +1,7 @@
 """A pipeline run in a process of its own, for the fault and concurrency tests of tests/test_flows.py.
 
     python -m tests.flow_worker INBOX NAME [--die-at gate|register|move] [--die-after S] [--lock-timeout S]
+                                           [--hparams FILE]
 
 ``--die-at`` kills the process with SIGKILL (no cleanup, no ``finally``) at that point: in the gate (the edit
 is computed, nothing written), right after the registry created the version (before the ledger append that
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--die-at", choices=("gate", "register", "move"))
     ap.add_argument("--die-after", type=float)
     ap.add_argument("--lock-timeout", type=float, default=0.0)
+    ap.add_argument("--hparams", type=Path)
     args = ap.parse_args()
 
     from flows import pipeline
@@ -49,7 +51,7 @@ def main() -> None:
         import threading
 
         threading.Timer(args.die_after, _die).start()
-    out = pipeline.run(pipeline.RunOptions(name=args.name), args.inbox, open_store(), lock_timeout=args.lock_timeout)
+    out = pipeline.run(pipeline.RunOptions(name=args.name, hparams_file=args.hparams), args.inbox, open_store(), lock_timeout=args.lock_timeout)
     print(json.dumps({k: v for k, v in out.to_json().items() if k != "gate"}))
 
 

@@ -56,6 +56,7 @@ def registry_home(tmp_path, monkeypatch, tiny_build, home):
     store = open_store()
     V.init(tiny_build.path, NAME, store=store)
     write_mechanics_policy(h)
+    write_mechanics_hparams(h)
     return h, store
 
 
@@ -76,6 +77,30 @@ def write_mechanics_policy(home: Path) -> Path:
     path.write_text("min_generalization: 0.0\nmin_subject_locality: 0.0\nmin_subject_facts: 0.0\nmin_namesake_locality: 0.0\n"
                     "max_norm_growth: 100.0\n", encoding="utf-8")
     return path
+
+
+def write_mechanics_hparams(home: Path) -> Path:
+    """The MEMIT hparams of the same tests: the sandbox preset without its keep options (``keep_tokens`` 1, no
+    ``delta_at_repeats``, ``keep_lead`` 0, the dataclass defaults). Those options make an edit keep the subject's
+    other facts on the phrasings the gate checks, which these tests' lenient policy does not ask, at 1.5-3x the
+    optimisation steps; they are tested where quality is (tests/test_editing_engine.py, the gate tests, the
+    demo)."""
+    import yaml
+
+    from editing import hparams as H
+
+    hp = H.with_changes(H.default("memit", "sandbox"), target__keep_tokens=1, target__delta_at_repeats=False,
+                        target__keep_lead=0.0)
+    path = home / "mechanics-memit.yaml"
+    path.write_text(yaml.safe_dump(H.to_dict(hp), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _opts(home: Path, **kw):
+    """RunOptions of a mechanics test: its model, the mechanics hparams (not for ``method='alphaedit'``)."""
+    from flows import pipeline
+
+    return pipeline.RunOptions(name=NAME, hparams_file=home / "mechanics-memit.yaml", **kw)
 
 
 def _ledger():
@@ -99,7 +124,7 @@ def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_
     older = dict(good[0], id="cap-old", target_new="Oslo", requested_at="2024-01-01T00:00:00Z")  # same fact, earlier
     bad = {"id": "bad-1", "subject": "Chad", "prompt": "no placeholder here", "target_new": "X"}
     _write(inbox / "a.jsonl", good + [older, bad])
-    out = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
+    out = pipeline.run(_opts(h), inbox, store)
 
     assert out.version == 2 and out.parent_version == 1
     c = out.counts()
@@ -121,7 +146,7 @@ def test_a_run_ends_every_request_in_one_state_and_a_second_run_applies_nothing_
     # the same file dropped again, and the same requests under new ids: nothing is applied twice
     shutil.copy2(moved, inbox / "a.jsonl")
     _write(inbox / "b.jsonl", [dict(good[0], id="cap-0-again"), dict(good[1])])
-    out2 = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
+    out2 = pipeline.run(_opts(h), inbox, store)
     assert out2.version is None and out2.done_files == ["a.jsonl"]
     assert sorted(out2.already_applied) == ["cap-0-again", "cap-1"]
     assert [i.version for i in versions(NAME, store)] == [1, 2]
@@ -141,7 +166,7 @@ def test_a_batch_the_gate_rejects_registers_nothing_and_records_why(registry_hom
     strict.write_text("max_norm_growth: 1.0\n")  # any edit grows the edited matrix: the gate must fail
     inbox = h / "inbox"
     _write(inbox / "a.jsonl", _capitals(tiny_build, 3, 2))
-    out = pipeline.run(pipeline.RunOptions(name=NAME, bisect=False, gate_policy_file=strict), inbox, store)
+    out = pipeline.run(_opts(h, bisect=False, gate_policy_file=strict), inbox, store)
     assert out.version is None and out.counts()["rejected"] == 2
     assert [i.version for i in versions(NAME, store)] == [1]
     rej = [r for r in _ledger() if r["event"] == "rejected"]
@@ -158,7 +183,8 @@ def test_factsmith_run_runs_the_prefect_flow_in_process(registry_home, tiny_buil
     monkeypatch.setenv("PREFECT_HOME", str(h / "prefect"))
     inbox = h / "inbox"
     _write(inbox / "a.jsonl", _capitals(tiny_build, 6, 1))
-    r = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--promote", "--json"])
+    r = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--promote", "--json",
+                                  "--hparams", str(h / "mechanics-memit.yaml")])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["version"] == 2 and res["counts"]["applied"] == 1 and res["promoted"]
@@ -181,8 +207,9 @@ def test_factsmith_run_runs_the_prefect_flow_in_process(registry_home, tiny_buil
 
 
 def _worker(inbox: Path, *extra: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tests.flow_worker", str(inbox), NAME, *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    hp = Path(env["FACTSMITH_HOME"]) / "mechanics-memit.yaml"
+    return subprocess.run([sys.executable, "-m", "tests.flow_worker", str(inbox), NAME, "--hparams", str(hp), *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(registry_home, tiny_build):
@@ -215,7 +242,7 @@ def test_killed_runs_leave_no_partial_version_and_lose_or_repeat_no_request(regi
     assert numbers() == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
     assert (inbox / "a.jsonl").is_file()
     # 4. the next run only moves the file: nothing is applied twice, nothing is lost
-    out = pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
+    out = pipeline.run(_opts(h), inbox, store)
     assert out.version is None and out.done_files == ["a.jsonl"] and not list(inbox.glob("*.jsonl"))
     assert [i.version for i in versions(NAME, store)] == [1, 3] and _applied_ids() == ["cap-10", "cap-9"]
     assert audit.verify(NAME, store).ok
@@ -258,7 +285,7 @@ def test_runs_killed_at_random_moments_then_rerun_lose_nothing(registry_home, ti
             assert p.returncode in (0, -9), p.stderr[-2000:]
             kills.append((round(delay, 2), p.returncode))
         t0 = time.perf_counter()
-        pipeline.run(pipeline.RunOptions(name=NAME), inbox, store)
+        pipeline.run(_opts(h), inbox, store)
         lengths.append(time.perf_counter() - t0)
     print("kills (delay s, exit):", kills, "run lengths s:", [round(x, 1) for x in lengths])
     assert any(rc == -9 for _, rc in kills), kills  # the draws (seed 24) kill both runs
@@ -286,7 +313,8 @@ def test_four_runs_at_once_on_one_model_lose_no_edit_and_another_model_does_not_
     t0 = time.time()
     with pipeline.run_lock(NAME, timeout=0):  # as if a run were editing NAME: the four start together and wait
         procs = [subprocess.Popen([sys.executable, "-m", "tests.flow_worker", str(p.parent), NAME, "--lock-timeout",
-                                   "600"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   "600", "--hparams", str(h / "mechanics-memit.yaml")], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for p in files]
         with pipeline.run_lock("other", timeout=0):  # another model: not held by NAME's run
             pass

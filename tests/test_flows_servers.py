@@ -35,9 +35,10 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     h = tmp_path / "home"
     h.mkdir()
     (h / "cache").symlink_to(home / "cache", target_is_directory=True)
-    from .test_flows import write_mechanics_policy
+    from .test_flows import write_mechanics_hparams, write_mechanics_policy
 
     write_mechanics_policy(h)
+    hparams = write_mechanics_hparams(h)
     mport, pport = free_port(), free_port()
     admin_pw = "s3cret-admin-pw"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
@@ -50,13 +51,13 @@ def test_the_flow_deployed_to_a_work_pool_on_real_servers(tmp_path, tiny_build, 
     # generalization (0.0: the argmax stop leaves no margin and the held-out phrasings answer Prague)
     _write(inbox / "a.jsonl", _capitals(tiny_build, 17, 1))
     with postgres("pg-pw-1") as pg:
-        _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch)
+        _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch, hparams)
     if pg is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) or a 'postgres' user are absent: the servers ran on "
                     "a sqlite file; install Debian's postgresql package for the PostgreSQL part")
 
 
-def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch):
+def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw, monkeypatch, hparams):
     backend = f"{pg}/mlflow" if pg else f"sqlite:///{tmp_path / 'mlflow.db'}"
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)]
     # the Prefect server starts while the MLflow server does (each takes 15-20 s on 2 cores)
@@ -70,8 +71,8 @@ def _on_servers(tmp_path, h, env, inbox, tiny_build, mport, pport, pg, admin_pw,
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], denv)
         with started([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"], env,
                       tmp_path / "worker.log"):
-            r = _run([str(BIN / "prefect"), "deployment", "run", "fact_update/fact-update", "--watch",
-                      "--watch-timeout", "600"], env, timeout=700)
+            r = _run([str(BIN / "prefect"), "deployment", "run", "fact_update/fact-update", "--param",
+                      f"hparams_file={hparams}", "--watch", "--watch-timeout", "600"], env, timeout=700)
             assert "Completed" in r.stdout + r.stderr, (r.stdout[-3000:], (tmp_path / "worker.log").read_text()[-4000:])
 
         # the version, on the MLflow server

@@ -306,6 +306,8 @@ def test_alphaedit_keeps_every_earlier_edit_where_memit_sequential_loses_them_to
             assert run["subject_edited_again"] == []
             for i in lost_edits(rs[:k + 1]):
                 lost[m].setdefault(i, k)
+    print("earlier edits lost (id: run), with the twin edited:", lost,
+          {m: sum(twin_edited(i, k) for i, k in d.items()) for m, d in lost.items()})
     assert len(lost["memit"]) >= 5, lost
     assert sum(twin_edited(i, k) for i, k in lost["memit"].items()) >= 2 * len(lost["memit"]) / 3, lost
     assert lost["alphaedit"] == {}, lost
