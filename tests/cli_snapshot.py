@@ -83,7 +83,12 @@ def snapshot(model_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
 
     m = str(model_dir)
     reqs = _write(work / "requests.jsonl", _requests(model_dir, 2))
-    (work / "gate-policy.yaml").write_text("min_generalization: 0.5\n", encoding="utf-8")
+    # the mechanics tests' lenient policy (tests/test_flows.py): whether the tiny sandbox's swap passes the default
+    # gate depends on the build (a float32 build on a CPU without bfloat16 rejected it), and 'run' must apply it
+    # for the commands after it to have a version 2
+    from tests.test_flows import MECHANICS_POLICY
+
+    (work / "gate-policy.yaml").write_text(MECHANICS_POLICY, encoding="utf-8")
     run("version", "version")
     run("sandbox show", "sandbox", "show", "--model", m)
     run("ask", "ask", m, "--prompt", "The capital of {} is", "--subject", "France")

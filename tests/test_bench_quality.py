@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.delta import Delta, LayerDelta, apply
 from editing.requests import EditRequest
 
 pytestmark = pytest.mark.slow
@@ -36,15 +35,16 @@ def test_greedy_probes_choose_known_facts_and_see_an_edit(tiny_build):
     assert all(G.greedy_says(model, tok, [p for p, _ in cat], [a for _, a in cat]))
     base = probes.score(model, tok)
     assert base["rewrite"] == [False] and all(base["subject"]) and all(base["other"]) and all(base["neighbour"])
-    # a change that makes every answer start with the new target's first token: the probes see the damage
-    w = model.get_submodule("lm_head").weight
-    u = torch.zeros(w.shape[0], 1)
-    u[tok(" " + other.target)["input_ids"][0], 0] = 100.0
-    applied = apply(model, Delta({"lm_head": LayerDelta(u, torch.ones(w.shape[1], 1))}))
+    # a change that makes every answer start with the new target's first token: the probes see the damage. A
+    # hook adds 100 to that token's logit everywhere (a rank-1 ΔW with v = ones added 100 x sum(h), whose sign is
+    # the build's: on a float32 build of this world it was negative and lowered the token instead)
+    bump = torch.zeros(model.get_submodule("lm_head").weight.shape[0])
+    bump[tok(" " + other.target)["input_ids"][0]] = 100.0
+    hook = model.get_submodule("lm_head").register_forward_hook(lambda m, args, out: out + bump)
     try:
         after = probes.score(model, tok)
     finally:
-        applied.revert()
+        hook.remove()
     res = G.summarize_greedy([after])
     assert res["efficacy_greedy"] == 1.0 and res["subject_locality"] < 0.5
     assert res["subject_locality_probes"] == len(probes.subject)

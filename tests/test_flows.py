@@ -60,6 +60,10 @@ def registry_home(tmp_path, monkeypatch, tiny_build, home):
     return h, store
 
 
+MECHANICS_POLICY = ("min_generalization: 0.0\nmin_subject_locality: 0.0\nmin_subject_facts: 0.0\n"
+                    "min_namesake_locality: 0.0\nmax_norm_growth: 100.0\n")
+
+
 def write_mechanics_policy(home: Path) -> Path:
     """The gate policy of the pipeline-mechanics tests (end states, idempotency, kills, concurrency), in the
     home's standing policy file. These tests are about what happens to requests, versions and files, not about
@@ -74,8 +78,7 @@ def write_mechanics_policy(home: Path) -> Path:
     from flows import settings
 
     path = home / settings.gate_policy_file().name  # the standing policy of that home (FACTSMITH_HOME may differ)
-    path.write_text("min_generalization: 0.0\nmin_subject_locality: 0.0\nmin_subject_facts: 0.0\nmin_namesake_locality: 0.0\n"
-                    "max_norm_growth: 100.0\n", encoding="utf-8")
+    path.write_text(MECHANICS_POLICY, encoding="utf-8")
     return path
 
 
