@@ -79,6 +79,11 @@ class Selection:
 
 
 PRUNE_ROUNDS = 3  # blame-guided retries before bisection
+# What a batch spends together rather than what one request does wrong: a request blamed for these alone was left
+# out to fit the batch (norm growth: its part of ΔW). Measured 2026-12-07 on a made-up world of 60 countries never
+# tuned on (synthetic_facts seed 11), 20 swaps, the default gate: 6 applied, 14 rejected, 7 of them for the
+# batch's norm growth alone (7.0x against 3.0); dropped again, all 7 were applied in the next version.
+BUDGET_METRICS = ("max_norm_growth",)
 
 
 def _blame(report: Any, request_id: str) -> str:
@@ -89,8 +94,12 @@ def _blame(report: Any, request_id: str) -> str:
         return f"{f['metric']} {f['value']:.3f} against {f['threshold']:.3f}" + (
             f" (its own {own:.3f})" if own is not None else "")
 
-    parts = [part(f) for f in report.failures if request_id in f.get("requests", [])]
-    return "gate failed in its batch: " + ("; ".join(parts) or "no threshold named it")
+    named = [f for f in report.failures if request_id in f.get("requests", [])]
+    reason = "gate failed in its batch: " + ("; ".join(part(f) for f in named) or "no threshold named it")
+    if named and all(f["metric"] in BUDGET_METRICS for f in named):
+        reason += (" (left out so that the rest fits this version's limit; no probe of its own failed: submit it "
+                   "again for a later version)")
+    return reason
 
 
 def edit_gate_bisect(ws: Workspace, requests: list[Any], cache_dir: Path, bisect: bool = True,

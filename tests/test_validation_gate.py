@@ -377,6 +377,36 @@ def test_bisect_rejects_one_of_two_requests_that_fail_only_together():
     assert rid in {"r1", "r4"} and "together" in why and res.report.passed
 
 
+@pytest.mark.unit
+def test_pruning_says_which_requests_were_left_out_only_for_the_batchs_norm_budget(monkeypatch, tmp_path):
+    """flows.attempt.edit_gate_bisect with the edit and gate replaced by a rule: the whole batch grows a matrix
+    past the limit (blaming r2, r3) and r1 fails its own generalization; r0 alone passes. r1 is rejected for what
+    it did; r2 and r3 for the budget alone, and their reasons say so (they were applied by the next run when
+    dropped again, on a world never tuned on: flows.attempt.BUDGET_METRICS)."""
+    from flows import attempt
+    from validation.gate.metrics import GateReport
+
+    def fake(ws, sub, cache_dir):
+        ids = {r.id for r in sub}
+        failures = []
+        if len(ids) > 1:
+            failures.append({"metric": "max_norm_growth", "value": 7.0, "threshold": 3.0,
+                             "requests": sorted(ids & {"r2", "r3"})})
+        if "r1" in ids:
+            failures.append({"metric": "generalization", "value": 0.667, "threshold": 0.8, "requests": ["r1"],
+                             "scope": "request", "values": {"r1": 0.667}})
+        report = GateReport(not failures, {}, {}, failures, [{"id": i} for i in sorted(ids)], [], 0.0)
+        return attempt.Attempt(sub, None, None, report, {"edit": 0.0, "gate": 0.0})
+
+    monkeypatch.setattr(attempt, "edit_and_gate", fake)
+    sel = attempt.edit_gate_bisect(None, _reqs(4), tmp_path)
+    assert [r.id for r in sel.attempt.requests] == ["r0"] and sorted(sel.rejected) == ["r1", "r2", "r3"]
+    assert "generalization (its own) 0.667" in sel.rejected["r1"] and "submit it again" not in sel.rejected["r1"]
+    for rid in ("r2", "r3"):
+        assert "max_norm_growth 7.000 against 3.000" in sel.rejected[rid]
+        assert "no probe of its own failed: submit it again" in sel.rejected[rid]
+
+
 # --------------------------------------------------------------------------------------------------
 # A real gate on the tiny sandbox
 
