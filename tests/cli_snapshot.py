@@ -22,6 +22,15 @@ VOLATILE = re.compile(r"(^|_)(seconds|timings|at|ts|created|run_id|flow_run|path
                       r"artifact|hash|prev|head|git_commit|quarantine)($|_)")
 
 
+def _open_policy() -> str:
+    from validation.gate.policy import GatePolicy
+
+    return "".join(f"{k}: {0.0 if k.startswith('min_') else 1.0e9}\n" for k in GatePolicy().thresholds())
+
+
+OPEN_POLICY = _open_policy()
+
+
 def shape(v: Any) -> Any:
     """Keys and value types; a list is the shape of its first item (an empty list stays empty)."""
     if isinstance(v, dict):
@@ -83,12 +92,11 @@ def snapshot(model_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
 
     m = str(model_dir)
     reqs = _write(work / "requests.jsonl", _requests(model_dir, 2))
-    # the mechanics tests' lenient policy (tests/test_flows.py): whether the tiny sandbox's swap passes the default
-    # gate depends on the build (a float32 build on a CPU without bfloat16 rejected it), and 'run' must apply it
-    # for the commands after it to have a version 2
-    from tests.test_flows import MECHANICS_POLICY
-
-    (work / "gate-policy.yaml").write_text(MECHANICS_POLICY, encoding="utf-8")
+    # a gate with every threshold open: the test is about the commands' JSON, and whether the tiny sandbox's swap
+    # passes a quality threshold depends on the build (float32 builds on two CPUs without bfloat16 rejected it, once
+    # under the default gate, once under the mechanics tests' lenient one); 'run' must apply it for the commands
+    # after it to have a version 2. The gate still measures every metric, so its report keeps its shape
+    (work / "gate-policy.yaml").write_text(OPEN_POLICY, encoding="utf-8")
     run("version", "version")
     run("sandbox show", "sandbox", "show", "--model", m)
     run("ask", "ask", m, "--prompt", "The capital of {} is", "--subject", "France")
