@@ -69,8 +69,9 @@ def edit_gate_bisect(ws: attempt.Workspace, requests: list[Any], bisect: bool):
 
 @task(name="commit", cache_policy=NO_CACHE)
 def commit(options: pipeline.RunOptions, ws, intake: pipeline.Intake, attempt, rejected: dict[str, str], store,
-           flow_run: str | None):
-    return pipeline.commit(options, ws, intake, attempt, rejected, store, flow_run)
+           flow_run: str | None, final: bool = True, applied_before: list[tuple[Any, int]] = ()):
+    return pipeline.commit(options, ws, intake, attempt, rejected, store, flow_run, final=final,
+                           applied_before=applied_before)
 
 
 @task(name="move-files", retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -87,7 +88,14 @@ def publish(options: pipeline.RunOptions, outcome: pipeline.Outcome) -> None:
     key = "fact-update-" + re.sub(r"[^a-z0-9-]+", "-", options.name.lower()).strip("-")
     c = outcome.counts()
     lines = [f"# fact_update: {options.name}", ""]
-    if outcome.version is not None:
+    if len(outcome.versions) > 1:
+        lines += [f"Registered **versions {', '.join(map(str, outcome.versions))}** of `{options.name}` (from version "
+                  f"{outcome.parent_version}; each after the first holds the requests the one before left out for its "
+                  f"budget) in MLflow at `{tracking_uri()}`"
+                  + (", the last promoted to champion." if options.promote else ", the last with alias `candidate`."),
+                  "", f"Gate report: [{outcome.report_html}]({Path(outcome.report_html).as_uri()})"
+                  if outcome.report_html else ""]
+    elif outcome.version is not None:
         lines += [f"Registered **version {outcome.version}** of `{options.name}` (from version "
                   f"{outcome.parent_version}) in MLflow at `{tracking_uri()}`"
                   + (", promoted to champion." if options.promote else " with alias `candidate`."), "",
@@ -113,7 +121,7 @@ def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHO
                 promote: bool = False, bisect: bool = True, hparams_file: str | None = None,
                 gate_policy_file: str | None = None, protected_file: str | None = None,
                 requested_by: str | None = None, keep_unknown_fields: bool = False,
-                hooks_file: str | None = None, lock_timeout: float = 3600.0) -> dict[str, Any]:
+                hooks_file: str | None = None, lock_timeout: float = 3600.0, follow_ups: int = 2) -> dict[str, Any]:
     """Apply an inbox of fact-change requests to a registered model; returns :meth:`Outcome.to_json`."""
     from prefect.runtime import flow_run
 
@@ -126,7 +134,7 @@ def fact_update(inbox: str, name: str | None = None, method: str = DEFAULT_METHO
                            gate_policy_file=Path(gate_policy_file) if gate_policy_file else None,
                            protected_file=Path(protected_file) if protected_file else None, requested_by=requested_by,
                            keep_unknown_fields=keep_unknown_fields,
-                           hooks_file=Path(hooks_file) if hooks_file else None)
+                           hooks_file=Path(hooks_file) if hooks_file else None, follow_ups=follow_ups)
     outcome = pipeline.run(options, Path(inbox), store, flow_run=str(flow_run.id) if flow_run.id else None, tasks=TASKS,
                            lock_timeout=lock_timeout)  # another run on this model: wait for it
     publish(options, outcome)

@@ -10,6 +10,11 @@ One run over an inbox of request files (``*.jsonl``, ``*.json``, ``*.csv``, top 
     bisect     what still fails is bisected: the largest passing subset is kept, the rest rejected with the reason
     commit     register the version with every record of the run in one ledger append (or, with nothing to
                apply, append the records alone); the ledger append is the commit point
+    follow-up  when the gate left requests out only for the batch's budget (the norm growth: no probe of their
+               own failed) while the rest passed, that version is registered with its own requests' records
+               alone, and those requests are edited, gated and committed again on it (``follow_ups`` times at
+               most); the run's own record comes with the last commit, so a run killed between two is run
+               again whole and skips what the earlier commit applied
     files      move each inbox file to ``processed/`` or, when any of its rows was quarantined or it could not
                be read, to ``quarantine/`` (with a ``.reasons.json`` beside it)
 
@@ -67,6 +72,9 @@ class RunOptions:
     requested_by: str | None = None  # who started the run (recorded with the run)
     keep_unknown_fields: bool = False  # a native request's unknown fields: kept under ``extra``, else quarantined
     hooks_file: Path | None = None  # promotion hooks (None: FACTSMITH_HOME/hooks.yaml when present)
+    # versions a run may register after its first for the requests its gate left out only for the batch's budget
+    # (flows.attempt.BUDGET_METRICS): each edited again on the version just registered (0: they stay rejected)
+    follow_ups: int = 2
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Outcome:
     bisect_runs: int = 0
     unreadable: list[dict[str, str]] = field(default_factory=list)
     done_files: list[str] = field(default_factory=list)  # inbox files an earlier committed run processed
+    versions: list[int] = field(default_factory=list)  # every version the run registered (``version`` is the last)
 
     def counts(self) -> dict[str, int]:
         return {s: len(self.states.get(s, [])) for s in END_STATES}
@@ -113,7 +122,8 @@ class Outcome:
                 "already_applied": len(self.already_applied), "states": self.states,
                 "gate": None if self.gate is None else self.gate.to_json(),
                 "report_html": str(self.report_html) if self.report_html else None, "moved": self.moved,
-                "bisect_runs": self.bisect_runs, "unreadable": self.unreadable, "done_files": self.done_files, "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+                "bisect_runs": self.bisect_runs, "unreadable": self.unreadable, "done_files": self.done_files,
+                "versions": self.versions, "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,10 +376,16 @@ def states_of(intake: Intake, applied: list[Any], rejected: dict[str, str], by_i
 
 
 def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: Attempt | None,
-           rejected: dict[str, str], store, flow_run: str | None = None) -> tuple[int | None, Path | None,
-                                                                                    dict[str, list]]:
+           rejected: dict[str, str], store, flow_run: str | None = None, final: bool = True,
+           applied_before: list[tuple[Any, int]] = ()) -> tuple[int | None, Path | None, dict[str, list]]:
     """Register the attempt (or record the run alone) in one ledger append; returns (version, gate.html,
-    states). Nothing before this writes to the registry or the ledger."""
+    states). Nothing before this writes to the registry or the ledger.
+
+    ``final=False``: a version the run registers before a follow-up (see :func:`run`): only the attempt's own
+    requests are recorded (applied), not the run, so the inbox files stay unprocessed until the final commit
+    and a run killed in between is run again whole (what this version applied is then skipped as already
+    applied). ``applied_before``: (request, version) pairs such commits of this run registered, for the
+    states and counts of the final one."""
     import tempfile
 
     from registry import ledger as L
@@ -379,38 +395,47 @@ def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: A
 
     by_id = {r.id: r for r in intake.todo}
     applied = attempt.requests if attempt is not None else []
-    extra = _records(intake)
+    extra = _records(intake) if final else []
     version, html = None, None
+
+    def states_at(v: int | None) -> dict[str, list[dict[str, Any]]]:
+        states = states_of(intake, applied, rejected, by_id, v)
+        states["applied"][:0] = [{"id": r.id, "subject": r.subject, "new": r.target_new, "version": u}
+                                 for r, u in applied_before]
+        return states
+
     if attempt is not None:
-        states = states_of(intake, applied, rejected, by_id, None)
         with tempfile.TemporaryDirectory(prefix="factsmith-run-") as tmp:
             attempt.report.meta = {"model": options.name, "parent_version": ws.parent.version, "flow_run": flow_run}
             write_reports(attempt.report, tmp)
 
             def run_rec(v: int) -> list[dict[str, Any]]:
-                states_v = states_of(intake, applied, rejected, by_id, v)
-                return extra + [run_record(intake, v, {k: len(x) for k, x in states_v.items()}, flow_run,
+                if not final:
+                    return []
+                return extra + [run_record(intake, v, {k: len(x) for k, x in states_at(v).items()}, flow_run,
                                            options.requested_by)]
 
             info = V.register(options.name, ws.parent.version, attempt.model, attempt.delta, requests=applied,
                               reports_dir=tmp, method=options.method,
-                              rejected=[(by_id[i], why) for i, why in rejected.items()],
+                              rejected=[(by_id[i], why) for i, why in rejected.items()] if final else [],
                               expected_latest=ws.newest, extra_records=run_rec, state=attempt.state,
                               store=store)
         version = info.version
-        states = states_of(intake, applied, rejected, by_id, version)
+        states = states_at(version)
         html = artifacts_dir(store.client(), store, info) / "gate" / "gate.html"
-        if options.promote:
-            from registry.hooks import load as load_hooks
-
-            V.promote(options.name, version, requested_by=options.requested_by, store=store,
-                      hooks=load_hooks(options.hooks_file))
     else:
-        states = states_of(intake, [], rejected, by_id, None)
+        states = states_at(None)
+        last = applied_before[-1][1] if applied_before else None  # the version this run registered last
         recs = [L.request_record("rejected", by_id[i], None, why) for i, why in rejected.items()]
-        recs += extra + [run_record(intake, None, {k: len(x) for k, x in states.items()}, flow_run,
+        recs += extra + [run_record(intake, last, {k: len(x) for k, x in states.items()}, flow_run,
                                     options.requested_by)]
         V.record(options.name, recs, store=store)
+    promoted = version if version is not None else (applied_before[-1][1] if applied_before else None)
+    if final and options.promote and promoted is not None:
+        from registry.hooks import load as load_hooks
+
+        V.promote(options.name, promoted, requested_by=options.requested_by, store=store,
+                  hooks=load_hooks(options.hooks_file))
     return version, html, states
 
 
@@ -489,20 +514,45 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
             timings["load"] = time.perf_counter() - t0
             found = tasks.edit_gate_bisect(ws, intake.todo, options.bisect)
             timings.update(found.timings)
-        version, html = None, None
+        version, html, versions, first_parent = None, None, [], parent.version
+        shown, runs = None, 0  # the attempt whose gate report the outcome shows; edit + gate runs before the last
         states: dict[str, list[dict[str, Any]]] = {s: [] for s in END_STATES}
         if any(f.done_by is None for f in files):
+            # follow-ups: what passed is registered, and the requests left out only for the batch's budget are
+            # edited again on that version, while each round applies something
+            rejected: dict[str, str] = {}
+            applied_before: list[tuple[Any, int]] = []
+            timings["commit"] = 0.0
+            while found.attempt is not None and found.deferred and len(versions) < options.follow_ups:
+                t0 = time.perf_counter()
+                v, html, _ = tasks.commit(options, ws, intake, found.attempt, {}, store, flow_run, final=False)
+                timings["commit"] += time.perf_counter() - t0
+                versions.append(v)
+                applied_before += [(r, v) for r in found.attempt.requests]
+                rejected.update({i: why for i, why in found.rejected.items() if i not in found.deferred})
+                shown, runs = found.attempt, runs + found.runs
+                parent, newest = parent_of(options.name, store)  # the version just registered
+                ws = workspace(options, store, parent, newest)
+                found = tasks.edit_gate_bisect(ws, [r for r in intake.todo if r.id in found.deferred], options.bisect)
+                for k, x in found.timings.items():
+                    timings[k] = timings.get(k, 0.0) + x
+            rejected.update(found.rejected)
             t0 = time.perf_counter()
-            version, html, states = tasks.commit(options, ws, intake, found.attempt, found.rejected, store, flow_run)
-            timings["commit"] = time.perf_counter() - t0
+            version, html_final, states = tasks.commit(options, ws, intake, found.attempt, rejected, store, flow_run,
+                                                       applied_before=applied_before)
+            html = html_final or html
+            timings["commit"] += time.perf_counter() - t0
+            versions += [version] if version is not None else []
         t0 = time.perf_counter()
         moved = tasks.move_files(intake, inbox)
         timings["move"] = time.perf_counter() - t0
     finally:
         lock.release()
     timings["total"] = time.perf_counter() - t_all
-    return Outcome(version=version, parent_version=parent.version if version is not None else None, states=states,
+    shown = found.attempt or shown
+    return Outcome(version=versions[-1] if versions else None,
+                   parent_version=first_parent if versions else None, states=states,
                    already_applied=[r.id for r, _ in intake.already],
-                   gate=found.attempt.report if found.attempt is not None else None, report_html=html, moved=moved,
-                   timings=timings, bisect_runs=found.runs, unreadable=intake.unreadable,
-                   done_files=[f.path.name for f in files if f.done_by is not None])
+                   gate=shown.report if shown is not None else None, report_html=html, moved=moved,
+                   timings=timings, bisect_runs=runs + found.runs, unreadable=intake.unreadable,
+                   done_files=[f.path.name for f in files if f.done_by is not None], versions=versions)

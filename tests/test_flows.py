@@ -103,7 +103,7 @@ def _opts(home: Path, **kw):
     """RunOptions of a mechanics test: its model, the mechanics hparams (not for ``method='alphaedit'``)."""
     from flows import pipeline
 
-    return pipeline.RunOptions(name=NAME, hparams_file=home / "mechanics-memit.yaml", **kw)
+    return pipeline.RunOptions(name=NAME, **{"hparams_file": home / "mechanics-memit.yaml", **kw})
 
 
 def _ledger():
@@ -175,6 +175,94 @@ def test_a_batch_the_gate_rejects_registers_nothing_and_records_why(registry_hom
     rej = [r for r in _ledger() if r["event"] == "rejected"]
     assert len(rej) == 2 and all("max_norm_growth" in r["state_reason"] for r in rej)
     assert (h / "inbox" / "processed").is_dir() and not list(inbox.glob("*.jsonl"))
+
+
+def _budget_of_one(monkeypatch) -> None:
+    """A norm budget that holds one request a version: the real edit and gate, then a batch of more than one is
+    told it grew a matrix past the limit, naming its last request (flows.attempt.BUDGET_METRICS)."""
+    from flows import attempt
+
+    real = attempt.edit_and_gate
+
+    def edit_and_gate(ws, sub, cache_dir):
+        a = real(ws, sub, cache_dir)
+        if len(sub) > 1:
+            a.report.failures.append({"metric": "max_norm_growth", "value": 4.0, "threshold": 3.0,
+                                      "requests": [sub[-1].id]})
+            a.report.passed = False
+        return a
+
+    monkeypatch.setattr(attempt, "edit_and_gate", edit_and_gate)
+
+
+def test_requests_left_out_for_the_budget_are_applied_by_follow_up_versions_and_a_kill_between_loses_none(
+        registry_home, tiny_build, monkeypatch):
+    """A run registers what passed, then edits the requests left out only for the batch's budget again on that
+    version (RunOptions.follow_ups); each version applies its own requests, the run is recorded once, with the
+    last. A run that dies after a follow-up's version is run again whole: what it applied is skipped, the rest
+    is edited, and every request ends in one state, once. The gate is open (tests.cli_snapshot.OPEN_POLICY) but
+    for the budget: the test is about versions, records and files."""
+    from flows import pipeline
+    from registry import audit
+    from registry.versions import versions
+
+    from .cli_snapshot import OPEN_POLICY
+
+    import yaml
+
+    from editing import hparams as H
+
+    h, store = registry_home
+    gate = h / "open-gate.yaml"
+    # small suites and 10 optimisation steps an edit: whether an edit is said does not matter to an open gate,
+    # and its probes and the steps only cost time here
+    gate.write_text(OPEN_POLICY + "paraphrases: 1\nneighbours: 1\nnamesakes: 1\nsubject_probes: 2\n"
+                    "retention_sample: 4\nlocality_sample: 4\ngeneration_tokens: 4\n", encoding="utf-8")
+    fast = h / "fast-memit.yaml"
+    fast.write_text(yaml.safe_dump(H.to_dict(H.with_changes(H.load(h / "mechanics-memit.yaml"), target__v_steps=10)),
+                                   sort_keys=False), encoding="utf-8")
+    _budget_of_one(monkeypatch)
+    inbox = h / "inbox"
+    rows = _capitals(tiny_build, 0, 5)
+    _write(inbox / "a.jsonl", rows[:3])
+    out = pipeline.run(_opts(h, gate_policy_file=gate, follow_ups=1, hparams_file=fast), inbox, store)
+    # cap-0 in version 2; cap-1, left out of that batch for the budget, in version 3; cap-2, left out again
+    # when the follow-ups are spent, rejected with the budget's reason
+    assert out.versions == [2, 3] and out.version == 3 and out.parent_version == 1
+    assert {r["id"]: r["version"] for r in out.states["applied"]} == {"cap-0": 2, "cap-1": 3}
+    [rej] = out.states["rejected"]
+    assert rej["id"] == "cap-2" and "submit it again for a later version" in rej["reason"]
+    assert [i.version for i in versions(NAME, store)] == [1, 2, 3]
+    led = [(r["event"], r.get("request_id") or r.get("version")) for r in _ledger()[1:]]
+    assert led == [("applied", "cap-0"), ("applied", "cap-1"), ("rejected", "cap-2"), ("run", 3)], led
+    assert not list(inbox.glob("*.jsonl")) and len(list((inbox / "processed").glob("*.jsonl"))) == 1
+
+    # a run that dies after its follow-up's version (here: the follow-up's edit fails) leaves that version
+    # committed and its file in the inbox; run again, it applies the rest and nothing twice
+    _write(inbox / "b.jsonl", rows[3:])
+    calls = []
+
+    def dies_on_the_follow_up(ws, requests, bisect):
+        calls.append([r.id for r in requests])
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+        return pipeline._edit_gate_bisect(ws, requests, bisect)
+
+    tasks = pipeline.Tasks(**{**pipeline.PLAIN.__dict__, "edit_gate_bisect": dies_on_the_follow_up})
+    with pytest.raises(RuntimeError, match="killed"):
+        pipeline.run(_opts(h, gate_policy_file=gate, hparams_file=fast), inbox, store, tasks=tasks)
+    assert calls == [["cap-3", "cap-4"], ["cap-4"]]
+    assert [i.version for i in versions(NAME, store)] == [1, 2, 3, 4]
+    assert _applied_ids() == ["cap-0", "cap-1", "cap-3"] and (inbox / "b.jsonl").is_file()
+    again = pipeline.run(_opts(h, gate_policy_file=gate, hparams_file=fast), inbox, store)
+    assert again.already_applied == ["cap-3"] and again.versions == [5]
+    assert [r["id"] for r in again.states["applied"]] == ["cap-4"]
+    assert _applied_ids() == ["cap-0", "cap-1", "cap-3", "cap-4"]
+    ends = [r["request_id"] for r in _ledger() if r["event"] in pipeline.END_STATES]
+    assert sorted(ends) == ["cap-0", "cap-1", "cap-2", "cap-3", "cap-4"]  # each once
+    assert [r.get("version") for r in _ledger() if r["event"] == "run"] == [3, 5]
+    assert not list(inbox.glob("*.jsonl"))
+    assert audit.verify(NAME, store).ok
 
 
 def test_factsmith_run_runs_the_prefect_flow_in_process(registry_home, tiny_build, monkeypatch):

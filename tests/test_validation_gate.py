@@ -402,6 +402,7 @@ def test_pruning_says_which_requests_were_left_out_only_for_the_batchs_norm_budg
     sel = attempt.edit_gate_bisect(None, _reqs(4), tmp_path)
     assert [r.id for r in sel.attempt.requests] == ["r0"] and sorted(sel.rejected) == ["r1", "r2", "r3"]
     assert "generalization (its own) 0.667" in sel.rejected["r1"] and "submit it again" not in sel.rejected["r1"]
+    assert sel.deferred == {"r2", "r3"}  # edited again on the version the pipeline registers (RunOptions.follow_ups)
     for rid in ("r2", "r3"):
         assert "max_norm_growth 7.000 against 3.000" in sel.rejected[rid]
         assert "no probe of its own failed: submit it again" in sel.rejected[rid]

@@ -73,7 +73,12 @@ def _print_run(res: dict[str, Any]) -> None:
         out.print(f"[yellow]quarantined[/] {q['file']} line {q['line']}: {q['reason']}", highlight=False)
     for r in res["states"].get("rejected", []):
         out.print(f"[red]rejected[/] {r['id']} ({r['subject']} -> {r['new']}): {r['reason']}", highlight=False)
-    if res["version"] is not None:
+    if len(res.get("versions") or ()) > 1:
+        out.print(f"\nRegistered [bold]{res['model']} versions {', '.join(map(str, res['versions']))}[/] (from version "
+                  f"{res['parent_version']}; each after the first holds the requests the one before left out for its "
+                  f"norm budget; the last {'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
+        out.print(f"Gate report: {res['report_html']}", highlight=False)
+    elif res["version"] is not None:
         out.print(f"\nRegistered [bold]{res['model']} version {res['version']}[/] (from version {res['parent_version']}; "
                   f"{'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
         out.print(f"Gate report: {res['report_html']}", highlight=False)
@@ -106,6 +111,9 @@ def run(
     hooks: Optional[Path] = HooksOpt,
     lock_timeout: float = typer.Option(3600.0, "--lock-timeout", help="Seconds to wait while another run edits the "
                                        "same model (0: fail at once; the inbox is left as it is)."),
+    follow_ups: int = typer.Option(2, "--follow-ups", help="Versions the run may register after its first for the "
+                                   "requests the gate left out only for the batch's norm budget, each edited again on "
+                                   "the version just registered (0: they stay rejected)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
@@ -120,6 +128,8 @@ def run(
             raise ValueError(f"--policy: expected one of {', '.join(POLICIES)}, found {policy!r}")
         if not lock_timeout >= 0:
             raise ValueError(f"--lock-timeout: expected seconds >= 0, found {lock_timeout}")
+        if follow_ups < 0:
+            raise ValueError(f"--follow-ups: expected a count >= 0, found {follow_ups}")
         for f, what in ((hparams_file, "--hparams"), (gate_policy, "--gate-policy"), (protected, "--protected"),
                         (hooks, "--hooks")):
             if f is not None and not f.is_file():
@@ -129,7 +139,7 @@ def run(
         res = run_pipeline(inbox, model, method=method, policy=policy, promote=promote, bisect=not no_bisect,
                            hparams_file=hparams_file, gate_policy_file=gate_policy, protected_file=protected,
                            requested_by=by, keep_unknown_fields=keep_unknown_fields, hooks_file=hooks,
-                           lock_timeout=lock_timeout)
+                           lock_timeout=lock_timeout, follow_ups=follow_ups)
     code = _run_exit(res)
     if as_json:
         emit_json({"ok": code == 0, **res, "exit_code": code})
