@@ -87,7 +87,10 @@ def snapshot(model_dir: Path, work: Path) -> dict[str, dict[str, Any]]:
         r = runner.invoke(app, [*args, "--json"])
         lines = [x for x in r.stdout.splitlines() if x.strip().startswith("{")]
         obj = json.loads(lines[-1]) if lines else None
-        out[label] = {"exit": r.exit_code, "shape": shape(obj), "value": masked(obj)}
+        # what it printed and raised, to say why when a test finds the exit or the shape changed
+        said = r.output[-1500:] + (f"\n{r.exception!r}" if r.exception and not isinstance(r.exception, SystemExit)
+                                   else "")
+        out[label] = {"exit": r.exit_code, "shape": shape(obj), "value": masked(obj), "said": said}
         return obj
 
     m = str(model_dir)

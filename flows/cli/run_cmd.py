@@ -4,8 +4,9 @@ newcomer's tour."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -32,6 +33,21 @@ def _flow_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here: it only logs errors
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@contextmanager
+def _flow_settings() -> Iterator[None]:
+    """:func:`_flow_env`, also in a process that imported Prefect before it (a test, a notebook, a program that
+    imported flows.flow): Prefect reads the environment once, at import, and would wait its default 20 s for the
+    temporary API, which a fresh Prefect database on 2 busy cores can exceed (the project's CI, 2026-12-07)."""
+    import os
+
+    _flow_env()
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP, temporary_settings
+
+    want = max(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]), float(STARTUP.value()))
+    with temporary_settings(updates={STARTUP: want}):
+        yield
 
 
 def _run_exit(res: dict[str, Any]) -> int:
@@ -150,14 +166,14 @@ def run(
 
 def run_pipeline(inbox: Path, model: Optional[str], **kw: Any) -> dict[str, Any]:
     """The flow in-process; the result of :func:`flows.flow.fact_update` plus the model name."""
-    _flow_env()
-    from flows.flow import fact_update
-    from flows.pipeline import default_model
-    from registry.store import open_store
+    with _flow_settings():
+        from flows.flow import fact_update
+        from flows.pipeline import default_model
+        from registry.store import open_store
 
-    name = model or default_model(open_store())
-    kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
-    res = fact_update(str(inbox.resolve()), name, **kw)
+        name = model or default_model(open_store())
+        kw = {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
+        res = fact_update(str(inbox.resolve()), name, **kw)
     return {"model": name, "promoted": bool(kw.get("promote")) and res["version"] is not None, **res}
 
 
