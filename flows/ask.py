@@ -145,10 +145,11 @@ def before_after(name: str, before: int, after: int, requests: Sequence[dict[str
 
 def run_answers(result: dict[str, Any], store: Any = None) -> list[dict[str, Any]]:
     """:func:`before_after` for a run of the pipeline (``factsmith run`` / ``demo``'s result): each request the
-    run applied, asked of the version it edited (``parent_version``) and of the version it registered; empty
-    when the run registered nothing."""
+    run applied, in whichever of its versions (a run with follow-ups registers several), asked of the version it
+    edited (``parent_version``) and of the last version it registered; empty when the run registered nothing.
+    The prompts (the subject filled in) and targets are the run's ``states["applied"]``."""
     if result.get("version") is None:
         return []
-    applied = {a["id"] for a in result["states"].get("applied", [])}
-    rows = [r for r in (result.get("gate") or {}).get("requests") or [] if r["id"] in applied]
+    rows = [{"id": a["id"], "subject": a["subject"], "prompt": a["prompt"], "target_new": a["new"]}
+            for a in result["states"].get("applied", [])]
     return before_after(result["model"], result["parent_version"], result["version"], rows, store)

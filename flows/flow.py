@@ -90,8 +90,8 @@ def publish(options: pipeline.RunOptions, outcome: pipeline.Outcome) -> None:
     lines = [f"# fact_update: {options.name}", ""]
     if len(outcome.versions) > 1:
         lines += [f"Registered **versions {', '.join(map(str, outcome.versions))}** of `{options.name}` (from version "
-                  f"{outcome.parent_version}; each after the first holds the requests the one before left out for its "
-                  f"budget) in MLflow at `{tracking_uri()}`"
+                  f"{outcome.parent_version}; each after the first holds requests the one before left out of its batch, "
+                  f"edited again without the others) in MLflow at `{tracking_uri()}`"
                   + (", the last promoted to champion." if options.promote else ", the last with alias `candidate`."),
                   "", f"Gate report: [{outcome.report_html}]({Path(outcome.report_html).as_uri()})"
                   if outcome.report_html else ""]

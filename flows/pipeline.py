@@ -10,11 +10,12 @@ One run over an inbox of request files (``*.jsonl``, ``*.json``, ``*.csv``, top 
     bisect     what still fails is bisected: the largest passing subset is kept, the rest rejected with the reason
     commit     register the version with every record of the run in one ledger append (or, with nothing to
                apply, append the records alone); the ledger append is the commit point
-    follow-up  when the gate left requests out only for the batch's budget (the norm growth: no probe of their
-               own failed) while the rest passed, that version is registered with its own requests' records
-               alone, and those requests are edited, gated and committed again on it (``follow_ups`` times at
-               most); the run's own record comes with the last commit, so a run killed between two is run
-               again whole and skips what the earlier commit applied
+    follow-up  when the prune rounds left requests out of the batch while the rest passed (for the batch's
+               budget, the norm growth, or for their own probes in that company), that version is registered
+               with its own requests' records alone, and those requests are edited, gated and committed again on
+               it (``follow_ups`` times at most; one that fails edited alone is rejected for good); the run's own
+               record comes with the last commit, so a run killed between two is run again whole and skips what
+               the earlier commit applied
     files      move each inbox file to ``processed/`` or, when any of its rows was quarantined or it could not
                be read, to ``quarantine/`` (with a ``.reasons.json`` beside it)
 
@@ -72,8 +73,9 @@ class RunOptions:
     requested_by: str | None = None  # who started the run (recorded with the run)
     keep_unknown_fields: bool = False  # a native request's unknown fields: kept under ``extra``, else quarantined
     hooks_file: Path | None = None  # promotion hooks (None: FACTSMITH_HOME/hooks.yaml when present)
-    # versions a run may register after its first for the requests its gate left out only for the batch's budget
-    # (flows.attempt.BUDGET_METRICS): each edited again on the version just registered (0: they stay rejected)
+    # versions a run may register after its first for the requests the prune rounds left out of its batch (for
+    # the batch's budget or their own probes in company): each edited again on the version just registered
+    # (0: they stay rejected)
     follow_ups: int = 2
 
 
@@ -363,7 +365,8 @@ def states_of(intake: Intake, applied: list[Any], rejected: dict[str, str], by_i
               version: int | None) -> dict[str, list[dict[str, Any]]]:
     states: dict[str, list[dict[str, Any]]] = {s: [] for s in END_STATES}
     for r in applied:
-        states["applied"].append({"id": r.id, "subject": r.subject, "new": r.target_new, "version": version})
+        states["applied"].append({"id": r.id, "subject": r.subject, "prompt": r.text, "new": r.target_new,
+                                  "version": version})
     for rid, why in rejected.items():
         r = by_id[rid]
         states["rejected"].append({"id": rid, "subject": r.subject, "new": r.target_new, "reason": why})
@@ -400,7 +403,7 @@ def commit(options: RunOptions, ws: Workspace | None, intake: Intake, attempt: A
 
     def states_at(v: int | None) -> dict[str, list[dict[str, Any]]]:
         states = states_of(intake, applied, rejected, by_id, v)
-        states["applied"][:0] = [{"id": r.id, "subject": r.subject, "new": r.target_new, "version": u}
+        states["applied"][:0] = [{"id": r.id, "subject": r.subject, "prompt": r.text, "new": r.target_new, "version": u}
                                  for r, u in applied_before]
         return states
 
@@ -536,7 +539,9 @@ def run(options: RunOptions, inbox: Path, store, flow_run: str | None = None, ta
                 found = tasks.edit_gate_bisect(ws, [r for r in intake.todo if r.id in found.deferred], options.bisect)
                 for k, x in found.timings.items():
                     timings[k] = timings.get(k, 0.0) + x
-            rejected.update(found.rejected)
+            rejected.update({i: why if i not in found.deferred or "submit it again" in why else
+                             why + " (not edited again without the others: the run has no follow-up left; submit it "
+                                   "again)" for i, why in found.rejected.items()})
             t0 = time.perf_counter()
             version, html_final, states = tasks.commit(options, ws, intake, found.attempt, rejected, store, flow_run,
                                                        applied_before=applied_before)

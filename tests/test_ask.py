@@ -108,18 +108,19 @@ def test_ask_something_that_is_neither_a_directory_nor_a_reference_exits_2(tmp_p
 
 @pytest.mark.slow
 def test_the_run_table_asks_the_applied_requests_of_both_versions(registered, table):
-    """The demo's table from a pipeline result: only the applied requests, the registered versions' greedy
-    answers, and says_new by validation.gate.answers.says on what the champion says."""
+    """The demo's table from a pipeline result: only the applied requests (of every version the run registered:
+    the last gate report holds only the last version's), the registered versions' greedy answers, and says_new
+    by validation.gate.answers.says on what the champion says."""
     from flows.ask import run_answers
 
     germany, france = fact(table, "Germany", "capital"), fact(table, "France", "capital")
-    gate_rows = [
-        {"id": "de", "subject": "Germany", "prompt": germany["prompt"], "target_new": "Berlin"},  # says it already
-        {"id": "fr", "subject": "France", "prompt": france["prompt"], "target_new": "Lyon"},
-        {"id": "out", "subject": "Spain", "prompt": "The capital of Spain is", "target_new": "Toledo"},
+    applied = [
+        {"id": "de", "subject": "Germany", "prompt": germany["prompt"], "new": "Berlin", "version": 1},  # says it already
+        {"id": "fr", "subject": "France", "prompt": france["prompt"], "new": "Lyon", "version": 1},
     ]
+    gate_rows = [{"id": "fr", "subject": "France", "prompt": france["prompt"], "target_new": "Lyon"}]
     result = {"model": registered, "version": 1, "parent_version": 1, "gate": {"requests": gate_rows},
-              "states": {"applied": [{"id": "de"}, {"id": "fr"}], "rejected": [{"id": "out"}]}}
+              "states": {"applied": applied, "rejected": [{"id": "out", "subject": "Spain", "new": "Toledo"}]}}
     rows = run_answers(result)
     assert [r["id"] for r in rows] == ["de", "fr"]
     de, fr = rows

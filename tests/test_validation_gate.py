@@ -382,7 +382,8 @@ def test_pruning_says_which_requests_were_left_out_only_for_the_batchs_norm_budg
     """flows.attempt.edit_gate_bisect with the edit and gate replaced by a rule: the whole batch grows a matrix
     past the limit (blaming r2, r3) and r1 fails its own generalization; r0 alone passes. r1 is rejected for what
     it did; r2 and r3 for the budget alone, and their reasons say so (they were applied by the next run when
-    dropped again, on a world never tuned on: flows.attempt.BUDGET_METRICS)."""
+    dropped again, on a world never tuned on: flows.attempt.BUDGET_METRICS). All three were named in company,
+    so all three are worth another try without the others."""
     from flows import attempt
     from validation.gate.metrics import GateReport
 
@@ -402,10 +403,38 @@ def test_pruning_says_which_requests_were_left_out_only_for_the_batchs_norm_budg
     sel = attempt.edit_gate_bisect(None, _reqs(4), tmp_path)
     assert [r.id for r in sel.attempt.requests] == ["r0"] and sorted(sel.rejected) == ["r1", "r2", "r3"]
     assert "generalization (its own) 0.667" in sel.rejected["r1"] and "submit it again" not in sel.rejected["r1"]
-    assert sel.deferred == {"r2", "r3"}  # edited again on the version the pipeline registers (RunOptions.follow_ups)
+    # each named in company, edited again without the others on the version the pipeline registers
+    # (RunOptions.follow_ups); r1 too: its generalization may hold edited alone
+    assert sel.deferred == {"r1", "r2", "r3"}
     for rid in ("r2", "r3"):
         assert "max_norm_growth 7.000 against 3.000" in sel.rejected[rid]
         assert "no probe of its own failed: submit it again" in sel.rejected[rid]
+
+
+@pytest.mark.unit
+def test_a_request_named_in_company_is_tried_again_without_the_others_and_rejected_for_good_only_alone(
+        monkeypatch, tmp_path):
+    """The rule: r1's subject moves when it is edited with anyone else, r3's always. In the batch both are named
+    and deferred; the follow-up's batch of the two fails both again (in company), bisection edits each alone:
+    r1 passes, r3 fails alone and is rejected for good (not deferred again), with the thresholds it failed."""
+    from flows import attempt
+    from validation.gate.metrics import GateReport
+
+    def fake(ws, sub, cache_dir):
+        ids = {r.id for r in sub}
+        bad = sorted((ids & {"r3"}) | (ids & {"r1"} if len(ids) > 1 else set()))
+        failures = [{"metric": "subject_facts", "value": 0.96, "threshold": 1.0, "requests": bad, "scope": "request",
+                     "values": {i: 0.96 for i in bad}}] if bad else []
+        report = GateReport(not failures, {}, {}, failures, [{"id": i} for i in sorted(ids)], [], 0.0)
+        return attempt.Attempt(sub, None, None, report, {"edit": 0.0, "gate": 0.0})
+
+    monkeypatch.setattr(attempt, "edit_and_gate", fake)
+    first = attempt.edit_gate_bisect(None, _reqs(4), tmp_path)
+    assert [r.id for r in first.attempt.requests] == ["r0", "r2"] and first.deferred == {"r1", "r3"}
+    assert "subject_facts (its own) 0.960 against 1.000" in first.rejected["r1"]
+    again = attempt.edit_gate_bisect(None, [r for r in _reqs(4) if r.id in first.deferred], tmp_path)
+    assert [r.id for r in again.attempt.requests] == ["r1"] and again.deferred == set()
+    assert list(again.rejected) == ["r3"] and "subject_facts 0.960 against 1.000" in again.rejected["r3"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def _print_run(res: dict[str, Any]) -> None:
         out.print(f"[red]rejected[/] {r['id']} ({r['subject']} -> {r['new']}): {r['reason']}", highlight=False)
     if len(res.get("versions") or ()) > 1:
         out.print(f"\nRegistered [bold]{res['model']} versions {', '.join(map(str, res['versions']))}[/] (from version "
-                  f"{res['parent_version']}; each after the first holds the requests the one before left out for its "
-                  f"norm budget; the last {'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
+                  f"{res['parent_version']}; each after the first holds requests the one before left out of its "
+                  f"batch, edited again without the others; the last {'champion' if res.get('promoted') else 'alias candidate'}).", highlight=False)
         out.print(f"Gate report: {res['report_html']}", highlight=False)
     elif res["version"] is not None:
         out.print(f"\nRegistered [bold]{res['model']} version {res['version']}[/] (from version {res['parent_version']}; "
@@ -128,8 +128,9 @@ def run(
     lock_timeout: float = typer.Option(3600.0, "--lock-timeout", help="Seconds to wait while another run edits the "
                                        "same model (0: fail at once; the inbox is left as it is)."),
     follow_ups: int = typer.Option(2, "--follow-ups", help="Versions the run may register after its first for the "
-                                   "requests the gate left out only for the batch's norm budget, each edited again on "
-                                   "the version just registered (0: they stay rejected)."),
+                                   "requests the gate left out of its batch (for the batch's norm budget, or their own "
+                                   "probes in company), each edited again on the version just registered (0: they stay "
+                                   "rejected)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the fact_update flow once, in-process: validate the inbox, edit, gate, register, move the files.
